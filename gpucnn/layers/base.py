@@ -1,0 +1,80 @@
+"""What every layer shares: parameters, gradients, mode, dtype and input checks."""
+import numpy
+
+from gpucnn import backend
+
+
+class Layer:
+    """A layer is `forward(x) -> y` and `backward(dy) -> dx`.
+
+    `params` holds the learnable arrays under PyTorch's names, `grads` their gradients
+    after a backward (overwritten, not accumulated), `buffers` the state that is saved
+    but not learned (BatchNorm's running statistics).
+    """
+
+    def __init__(self, dtype=None):
+        self.dtype = numpy.dtype(dtype or numpy.float32)
+        if self.dtype.kind != "f":
+            raise ValueError(f"{type(self).__name__}: dtype must be a float type, got {self.dtype}")
+        self.params = {}
+        self.grads = {}
+        self.buffers = {}
+        self.training = True
+        self._saved = None
+
+    def __call__(self, *args):
+        return self.forward(*args)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
+
+    def extra_repr(self):
+        return ""
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # --- what forward saves for backward ---------------------------------------
+    def save(self, *items):
+        self._saved = items
+
+    def saved(self):
+        if self._saved is None:
+            raise ValueError(f"{type(self).__name__}: backward called before forward")
+        return self._saved
+
+    # --- input checks: a clear ValueError instead of a traceback from deep in NumPy --
+    def check_input(self, x, ndim, channels=None, what="input"):
+        name = type(self).__name__
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise ValueError(f"{name}: expected an array as {what}, got {type(x).__name__}")
+        if x.ndim != ndim:
+            layout = {2: "(N, features)", 4: "(N, C, H, W)"}.get(ndim, f"{ndim}-d")
+            raise ValueError(f"{name}: expected a {ndim}-d {what} {layout}, got shape {tuple(x.shape)}")
+        if channels is not None and x.shape[1] != channels:
+            raise ValueError(
+                f"{name}: expected {what} with {channels} channels/features on axis 1, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.dtype != self.dtype:
+            raise ValueError(f"{name}: expected {what} of dtype {self.dtype}, got {x.dtype}")
+        if self.params:
+            p = next(iter(self.params.values()))
+            if backend.get_array_module(x) is not backend.get_array_module(p):
+                raise ValueError(
+                    f"{name}: {what} is a {type(x).__module__} array but the parameters live on "
+                    f"{type(p).__module__}; move one with gpucnn.backend.to_device/to_numpy"
+                )
+
+    def check_grad(self, dy, like):
+        if tuple(dy.shape) != tuple(like.shape):
+            raise ValueError(
+                f"{type(self).__name__}: expected grad_out of shape {tuple(like.shape)} "
+                f"(the forward output), got {tuple(dy.shape)}"
+            )
+        if dy.dtype != self.dtype:
+            raise ValueError(f"{type(self).__name__}: expected grad_out of dtype {self.dtype}, got {dy.dtype}")

@@ -1,0 +1,118 @@
+"""Sequential: layers run in order forward, in reverse backward.
+
+state_dict keys match PyTorch's nn.Sequential ("0.weight", "1.running_mean", ...),
+so a PyTorch state_dict converted to NumPy arrays loads as it is.
+"""
+import numpy
+
+from gpucnn import backend
+
+
+class Param:
+    """A handle on one learnable array: optimisers read `.value` and `.grad` through it,
+    because a layer makes a fresh gradient array at every backward."""
+
+    __slots__ = ("key", "layer", "name")
+
+    def __init__(self, key, layer, name):
+        self.key, self.layer, self.name = key, layer, name
+
+    @property
+    def value(self):
+        return self.layer.params[self.name]
+
+    @property
+    def grad(self):
+        return self.layer.grads.get(self.name)
+
+    def __repr__(self):
+        return f"Param({self.key}, shape={tuple(self.value.shape)})"
+
+
+class Sequential:
+    def __init__(self, *layers):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
+                raise ValueError(f"Sequential: item {i} ({type(layer).__name__}) is not a layer")
+        self.layers = list(layers)
+        self.training = True
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_out):
+        for layer in reversed(self.layers):
+            grad_out = layer.backward(grad_out)
+        return grad_out
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def parameters(self):
+        return [Param(f"{i}.{n}", layer, n) for i, layer in enumerate(self.layers) for n in layer.params]
+
+    def num_parameters(self):
+        return sum(int(p.value.size) for p in self.parameters())
+
+    def _entries(self):
+        """(key, layer, store, name) for every saved array, in PyTorch's order."""
+        for i, layer in enumerate(self.layers):
+            for store in (layer.params, layer.buffers):
+                for n in store:
+                    yield f"{i}.{n}", layer, store, n
+
+    def state_dict(self):
+        """Host (NumPy) copies of every parameter and buffer."""
+        return {key: backend.to_numpy(store[n]).copy() for key, _, store, n in self._entries()}
+
+    def load_state_dict(self, state):
+        """Load arrays by key; every key must match in name and shape (strict, like PyTorch)."""
+        state = {k: _as_numpy(v) for k, v in state.items()}
+        own = {key: (layer, store, n) for key, layer, store, n in self._entries()}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(
+                f"Sequential.load_state_dict: keys do not match this model "
+                f"(missing: {missing or 'none'}; unexpected: {unexpected or 'none'})"
+            )
+        for key, (layer, store, n) in own.items():
+            old, new = store[n], state[key]
+            if tuple(old.shape) != tuple(new.shape):
+                raise ValueError(
+                    f"Sequential.load_state_dict: {key} has shape {tuple(new.shape)}, "
+                    f"this model's {type(layer).__name__} expects {tuple(old.shape)}"
+                )
+        for key, (layer, store, n) in own.items():
+            # In place: optimisers and captured CUDA graphs hold these very arrays.
+            xp = backend.get_array_module(store[n])
+            store[n][...] = xp.asarray(state[key], dtype=store[n].dtype)
+
+
+def _as_numpy(v):
+    if hasattr(v, "detach"):  # a torch tensor
+        v = v.detach().cpu().numpy()
+    return backend.to_numpy(v)
