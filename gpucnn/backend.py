@@ -9,11 +9,9 @@ import sys
 
 import numpy
 
+from gpucnn.errors import BackendError
+
 ALLOWED = ("auto", "numpy", "cupy")
-
-
-class BackendError(RuntimeError):
-    """The requested backend cannot be used; the message says why."""
 
 
 def _probe_cupy():

@@ -1,0 +1,5 @@
+import sys
+
+from gpucnn.cli import main
+
+sys.exit(main())

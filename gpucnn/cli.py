@@ -1,0 +1,208 @@
+"""The command line: gpucnn train | eval | check | plot (also `python -m gpucnn ...`).
+
+Arguments are parsed before gpucnn.backend is imported, so --backend and --tf32 take
+effect at start-up, the one moment the backend is chosen.
+"""
+import argparse
+import os
+import sys
+
+# One table of training defaults: the parser's help shows them, a resumed run starts from them.
+TRAIN_DEFAULTS = {
+    "model": "small", "dataset": "digits", "data_dir": None, "epochs": 15, "batch_size": 64,
+    "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
+    "schedule": "constant", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
+    "seed": 0, "augment": None,
+}
+# Flags a resumed run may change; every other one is taken from the checkpoint.
+RESUMABLE = {"epochs", "data_dir"}
+
+
+def _train_parser(sub):
+    d = TRAIN_DEFAULTS
+    p = sub.add_parser("train", help="train a model", description="Train a CNN; Ctrl-C saves a checkpoint and stops.")
+    p.add_argument("--model", choices=["small", "lenet", "vgg_bn"], help=f"network (default: {d['model']})")
+    p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz (default: {d['dataset']}, built in)")
+    p.add_argument("--data-dir", help="directory holding the dataset's files (default: the download cache)")
+    p.add_argument("--download", action="store_true", help="fetch mnist/fashion-mnist/cifar10 into --cache-dir if missing")
+    p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
+    p.add_argument("--epochs", type=int, help=f"number of epochs (default: {d['epochs']})")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default: {d['batch_size']})")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=f"optimiser (default: {d['optimizer']})")
+    p.add_argument("--lr", type=float, help=f"base learning rate (default: {d['lr']})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum']})")
+    p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum for SGD (default: off)")
+    p.add_argument("--weight-decay", type=float, help=f"L2 (sgd, adam) or decoupled (adamw) decay (default: {d['weight_decay']})")
+    p.add_argument("--schedule", choices=["constant", "step", "cosine"], help=f"learning-rate schedule (default: {d['schedule']})")
+    p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps before the schedule (default: {d['warmup_steps']})")
+    p.add_argument("--step-size", type=int, help=f"epochs between decays for --schedule step (default: {d['step_size']})")
+    p.add_argument("--gamma", type=float, help=f"decay factor for --schedule step (default: {d['gamma']})")
+    p.add_argument("--min-lr", type=float, help=f"final learning rate for --schedule cosine (default: {d['min_lr']})")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
+    p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
+    _backend_flags(p)
+    p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=os.environ.get("GPUCNN_GRAPH", "1") != "0",
+                   help="capture each training step in a CUDA graph on the cupy backend (default: on; env GPUCNN_GRAPH=0 turns it off)")
+    p.add_argument("--save", default="runs/last.ckpt", help="checkpoint written after every epoch and on Ctrl-C (default: runs/last.ckpt)")
+    p.add_argument("--no-save", action="store_true", help="write no checkpoint")
+    p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its configuration is used; --epochs may extend it)")
+    p.add_argument("--metrics-out", metavar="FILE.jsonl", help="append one JSON object per epoch (default: none)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
+    p.set_defaults(func=cmd_train)
+
+
+def _backend_flags(p):
+    p.add_argument("--backend", choices=["auto", "numpy", "cupy"],
+                   help="array backend (default: $GPUCNN_BACKEND, else auto: cupy when a CUDA device works)")
+    p.add_argument("--tf32", action="store_true", default=os.environ.get("CUPY_TF32") == "1",
+                   help="TF32 tensor-core GEMMs on the GPU (default: off; env CUPY_TF32=1 turns it on)")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="gpucnn", description="Train and inspect CNNs on CuPy (CUDA) or NumPy.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,check,plot}")
+    _train_parser(sub)
+
+    p = sub.add_parser("eval", help="test loss, accuracy and per-class accuracy of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file written by gpucnn train")
+    p.add_argument("--dataset", help="dataset to evaluate on (default: the checkpoint's)")
+    p.add_argument("--data-dir", help="directory holding the dataset's files (default: the checkpoint's)")
+    p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
+    p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size (default: 1000)")
+    _backend_flags(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("check", help="gradient-check every layer on the live backend (float64)")
+    _backend_flags(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("plot", help="draw loss and accuracy curves from a --metrics-out file")
+    p.add_argument("metrics", help="JSONL file written by gpucnn train --metrics-out")
+    p.add_argument("-o", "--output", default="curves.png", help="image to write (default: curves.png)")
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "backend", None):
+        os.environ["GPUCNN_BACKEND"] = args.backend
+    if getattr(args, "tf32", False):
+        os.environ["CUPY_TF32"] = "1"  # read by CuPy when it loads, which is after this
+    from gpucnn.errors import GpucnnError
+
+    try:
+        return args.func(args) or 0
+    except GpucnnError as e:
+        print(f"gpucnn: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config(args):
+    """The run's configuration: defaults, then the checkpoint's (on --resume), then flags."""
+    from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.errors import GpucnnError
+
+    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    config, start, ckpt = dict(TRAIN_DEFAULTS), None, None
+    if args.resume:
+        ckpt = load_checkpoint(args.resume)
+        saved = ckpt["meta"]["config"]
+        for key, value in given.items():
+            if key not in RESUMABLE and key in saved and saved[key] != value:
+                raise GpucnnError(f"{args.resume} was trained with --{key.replace('_', '-')} {saved[key]}, not {value}; "
+                                  f"drop the flag or start a new run")
+        config.update(saved)
+        start = {k: ckpt["meta"][k] for k in ("epoch", "step", "loss_sum", "correct", "seen", "seconds")}
+    config.update(given)
+    if config["augment"] is None:
+        config["augment"] = config["dataset"] == "cifar10"
+    return config, start, ckpt
+
+
+def cmd_train(args):
+    from gpucnn import backend, init, models
+    from gpucnn.checkpoint import check_model_state
+    from gpucnn.data import load
+    from gpucnn.errors import GpucnnError
+    from gpucnn.optim import make_optimizer, make_schedule
+    from gpucnn.train import TrainingStopped, fit
+
+    config, start, ckpt = _config(args)
+    config["graph"] = bool(args.graph)
+    if config["epochs"] < 1 or config["batch_size"] < 1:
+        raise GpucnnError("--epochs and --batch-size must be at least 1")
+    data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir)
+    init.seed(config["seed"])
+    model = models.build(config["model"], data.x_train.shape[1:], len(data.classes))
+    steps_per_epoch = -(-len(data.y_train) // config["batch_size"])
+    optimizer = make_optimizer(config["optimizer"], model.parameters(), lr=config["lr"], momentum=config["momentum"],
+                               nesterov=config["nesterov"], weight_decay=config["weight_decay"])
+    schedule = make_schedule(config["schedule"], config["lr"], total_steps=config["epochs"] * steps_per_epoch,
+                             warmup_steps=config["warmup_steps"], step_size=config["step_size"] * steps_per_epoch,
+                             gamma=config["gamma"], min_lr=config["min_lr"])
+    if ckpt is not None:
+        check_model_state(ckpt["model_state"], model.state_dict(), args.resume)
+        model.load_state_dict(ckpt["model_state"])
+        optimizer.load_state_dict(ckpt["optim_state"])
+        print(f"resuming {args.resume} at epoch {start['epoch'] + 1}, step {start['step']}")
+    save = None if args.no_save else args.save
+    if save:
+        os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
+    print(f"gpucnn: {config['model']} ({model.num_parameters():,} parameters) on {data.name} "
+          f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
+          f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else ""))
+    try:
+        fit(model, optimizer, schedule, data, config, start=start, save_path=save,
+            metrics_path=args.metrics_out, progress=not args.no_progress)
+    except TrainingStopped as e:
+        print(f"gpucnn: {e}", file=sys.stderr)
+        return 1
+    if save:
+        print(f"checkpoint: {save}")
+    return 0
+
+
+def cmd_eval(args):
+    from gpucnn import models
+    from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.data import load
+    from gpucnn.train import evaluate
+
+    ckpt = load_checkpoint(args.checkpoint)
+    config = ckpt["meta"]["config"]
+    name = args.dataset or config["dataset"]
+    data = load(name, data_dir=args.data_dir or (config["data_dir"] if name == config["dataset"] else None),
+                cache_dir=args.cache_dir)
+    model = models.build(config["model"], data.x_test.shape[1:], len(data.classes))
+    from gpucnn.checkpoint import check_model_state
+
+    check_model_state(ckpt["model_state"], model.state_dict(), args.checkpoint)
+    model.load_state_dict(ckpt["model_state"])
+    loss, acc, per_class = evaluate(model, data.x_test, data.y_test, data.mean, data.std,
+                                    batch_size=args.batch_size, classes=len(data.classes))
+    print(f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images): loss {loss:.4f}, accuracy {acc:.4f}")
+    print(f"{'class':<16} {'accuracy':>8}")
+    for label, a in zip(data.classes, per_class):
+        print(f"{str(label):<16} {a:>8.4f}")
+    return 0
+
+
+def cmd_check(args):
+    from gpucnn.check import run
+
+    return 0 if run() else 1
+
+
+def cmd_plot(args):
+    from gpucnn.plot import plot
+
+    print(f"wrote {plot(args.metrics, args.output)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Matrix products for the layers: `a @ b`, except while a CUDA graph is being captured.
+
+CuPy refuses every cuBLAS call during stream capture (its wrapper checks in setStream),
+although cuBLAS itself captures fine. So for capture we keep a cuBLAS handle of our own,
+loaded with ctypes from the very libcublas CuPy already mapped, bound to the capture
+stream *before* capture begins, with a fixed workspace. Eager calls stay on `a @ b`.
+"""
+import ctypes
+import os
+
+from gpucnn import backend
+
+# cublasOperation_t and cublasMath_t values from cublas_api.h
+_OP_N, _OP_T = 0, 1
+_DEFAULT_MATH, _TF32_MATH = 0, 3
+_WORKSPACE_BYTES = 32 << 20
+
+
+def matmul(a, b, trans_a=False, trans_b=False):
+    """op(a) @ op(b) for 2-D arrays, op = transpose where asked."""
+    if backend.is_cupy_array(a):
+        handle = _capture_handle()
+        if handle is not None:
+            return handle.gemm(a, b, trans_a, trans_b)
+    return (a.T if trans_a else a) @ (b.T if trans_b else b)
+
+
+def tf32_enabled():
+    return os.environ.get("CUPY_TF32", "0") == "1"
+
+
+class CublasError(RuntimeError):
+    pass
+
+
+_handles = {}  # stream pointer -> _Handle
+
+
+def _capture_handle():
+    cupy = backend.cupy_module()
+    stream = cupy.cuda.get_current_stream()
+    if not stream.is_capturing():
+        return None
+    handle = _handles.get(stream.ptr)
+    if handle is None:
+        raise CublasError(
+            "a GEMM was captured on a stream with no cuBLAS handle bound; call "
+            "gpucnn.gemm.prepare_capture(stream) before stream.begin_capture()"
+        )
+    return handle
+
+
+def prepare_capture(stream):
+    """Bind a cuBLAS handle to `stream` ahead of capture (must run before begin_capture)."""
+    if stream.ptr not in _handles:
+        _handles[stream.ptr] = _Handle(stream)
+    return _handles[stream.ptr]
+
+
+def _find_libcublas():
+    """The path of the libcublas CuPy has loaded (CUDA 12 and 13 name it differently)."""
+    import cupy
+    from cupy_backends.cuda.libs import cublas  # noqa: F401  (makes CuPy map libcublas)
+
+    cupy.cuda.device.get_cublas_handle()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if "libcublas.so" in path and "Lt" not in os.path.basename(path):
+                return path
+    for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so"):
+        try:
+            ctypes.CDLL(name)
+            return name
+        except OSError:
+            continue
+    raise CublasError("libcublas could not be found; run without CUDA graphs (--no-graph)")
+
+
+class _Handle:
+    _lib = None
+
+    def __init__(self, stream):
+        import cupy
+
+        if _Handle._lib is None:
+            _Handle._lib = ctypes.CDLL(_find_libcublas())
+        lib = _Handle._lib
+        self.handle = ctypes.c_void_p()
+        self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+        self._check(lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream.ptr)), "cublasSetStream")
+        self.workspace = cupy.empty(_WORKSPACE_BYTES, dtype=cupy.uint8)  # kept alive with the handle
+        self._check(
+            lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(self.workspace.data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES)),
+            "cublasSetWorkspace",
+        )
+        math = _TF32_MATH if tf32_enabled() else _DEFAULT_MATH
+        self._check(lib.cublasSetMathMode(self.handle, math), "cublasSetMathMode")
+
+    @staticmethod
+    def _check(status, what):
+        if status != 0:
+            raise CublasError(f"{what} failed with cuBLAS status {status}")
+
+    def gemm(self, a, b, trans_a, trans_b):
+        """Row-major C = op(a) @ op(b), computed as column-major C^T = op(b)^T op(a)^T."""
+        import cupy
+
+        a, ta = _row_major(a, trans_a)
+        b, tb = _row_major(b, trans_b)
+        m, k = (a.shape[1], a.shape[0]) if ta else a.shape
+        k2, n = (b.shape[1], b.shape[0]) if tb else b.shape
+        if k != k2:
+            raise ValueError(f"gemm: inner dimensions differ ({m}x{k} @ {k2}x{n})")
+        if a.dtype != b.dtype:
+            raise ValueError(f"gemm: dtypes differ ({a.dtype} and {b.dtype})")
+        c = cupy.empty((m, n), dtype=a.dtype)
+        ctype, fn = (ctypes.c_float, self._lib.cublasSgemm_v2) if a.dtype == cupy.float32 else (ctypes.c_double, self._lib.cublasDgemm_v2)
+        one, zero = ctype(1.0), ctype(0.0)
+        self._check(
+            fn(
+                self.handle, _OP_T if tb else _OP_N, _OP_T if ta else _OP_N, n, m, k,
+                ctypes.byref(one), ctypes.c_void_p(b.data.ptr), b.shape[1],
+                ctypes.c_void_p(a.data.ptr), a.shape[1],
+                ctypes.byref(zero), ctypes.c_void_p(c.data.ptr), n,
+            ),
+            "cublasGemm",
+        )
+        return c
+
+
+def _row_major(x, trans):
+    """A C-contiguous array and whether it is to be read transposed.
+
+    A transposed view of a C-contiguous matrix is F-contiguous; reading its base
+    transposed avoids a copy.
+    """
+    if x.flags.c_contiguous:
+        return x, trans
+    if x.flags.f_contiguous:
+        return x.T, not trans
+    return x.copy(), trans

@@ -1,0 +1,34 @@
+"""Every kernels/*.cu compiles with nvcc (when nvcc is on PATH), for float and double."""
+import shutil
+
+import pytest
+
+from gpucnn import kernels
+
+SOURCES = kernels.source_files()
+
+
+def test_kernel_sources_exist():
+    names = {p.name for p in SOURCES}
+    assert {"im2col.cu", "maxpool.cu", "batchnorm.cu"} <= names
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+@pytest.mark.parametrize("scalar_t", ["float", "double"])
+@pytest.mark.parametrize("path", SOURCES, ids=[p.name for p in SOURCES])
+def test_nvcc_compiles(path, scalar_t):
+    ok, log = kernels.nvcc_check(path, scalar_t)
+    assert ok, f"{path.name} does not compile with scalar_t={scalar_t}:\n{log}"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
+def test_nvcc_check_reports_a_broken_kernel(tmp_path):
+    bad = tmp_path / "broken.cu"
+    bad.write_text('extern "C" __global__ void k(scalar_t* x) { x[0] = undefined_name; }\n')
+    ok, log = kernels.nvcc_check(bad)
+    assert not ok and "undefined_name" in log
+
+
+def test_unsupported_dtype_is_named():
+    with pytest.raises(kernels.KernelError, match="float16"):
+        kernels._scalar_t("float16")
