@@ -10,7 +10,7 @@ import sys
 # One table of training defaults: the parser's help shows them, a resumed run starts from them.
 TRAIN_DEFAULTS = {
     "model": "small", "dataset": "digits", "data_dir": None, "epochs": 15, "batch_size": 64,
-    "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0,
+    "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": None,
     "schedule": "constant", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
     "seed": 0, "augment": None,
 }
@@ -24,7 +24,8 @@ def _train_parser(sub):
     p.add_argument("--model", choices=["small", "lenet", "vgg_bn"], help=f"network (default: {d['model']})")
     p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz (default: {d['dataset']}, built in)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the download cache)")
-    p.add_argument("--download", action="store_true", help="fetch mnist/fashion-mnist/cifar10 into --cache-dir if missing")
+    p.add_argument("--download", action="store_true",
+                   help="fetch missing mnist/fashion-mnist/cifar10 files into --data-dir (or the cache) and verify their checksums")
     p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
     p.add_argument("--epochs", type=int, help=f"number of epochs (default: {d['epochs']})")
     p.add_argument("--batch-size", type=int, help=f"batch size (default: {d['batch_size']})")
@@ -32,7 +33,7 @@ def _train_parser(sub):
     p.add_argument("--lr", type=float, help=f"base learning rate (default: {d['lr']})")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum']})")
     p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum for SGD (default: off)")
-    p.add_argument("--weight-decay", type=float, help=f"L2 (sgd, adam) or decoupled (adamw) decay (default: {d['weight_decay']})")
+    p.add_argument("--weight-decay", type=float, help="L2 (sgd, adam) or decoupled (adamw) weight decay (default: 0 for sgd and adam, 0.01 for adamw)")
     p.add_argument("--schedule", choices=["constant", "step", "cosine"], help=f"learning-rate schedule (default: {d['schedule']})")
     p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps before the schedule (default: {d['warmup_steps']})")
     p.add_argument("--step-size", type=int, help=f"epochs between decays for --schedule step (default: {d['step_size']})")
@@ -125,7 +126,7 @@ def _config(args):
 
 def cmd_train(args):
     from gpucnn import backend, init, models
-    from gpucnn.checkpoint import check_model_state
+    from gpucnn.checkpoint import CheckpointError, check_model_state
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
     from gpucnn.optim import make_optimizer, make_schedule
@@ -147,7 +148,10 @@ def cmd_train(args):
     if ckpt is not None:
         check_model_state(ckpt["model_state"], model.state_dict(), args.resume)
         model.load_state_dict(ckpt["model_state"])
-        optimizer.load_state_dict(ckpt["optim_state"])
+        try:
+            optimizer.load_state_dict(ckpt["optim_state"])
+        except ValueError as e:
+            raise CheckpointError(f"{args.resume}: optimiser state does not fit this run: {e}") from None
         print(f"resuming {args.resume} at epoch {start['epoch'] + 1}, step {start['step']}")
     save = None if args.no_save else args.save
     if save:
@@ -168,7 +172,7 @@ def cmd_train(args):
 
 def cmd_eval(args):
     from gpucnn import models
-    from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.checkpoint import check_model_state, load_checkpoint
     from gpucnn.data import load
     from gpucnn.train import evaluate
 
@@ -178,11 +182,13 @@ def cmd_eval(args):
     data = load(name, data_dir=args.data_dir or (config["data_dir"] if name == config["dataset"] else None),
                 cache_dir=args.cache_dir)
     model = models.build(config["model"], data.x_test.shape[1:], len(data.classes))
-    from gpucnn.checkpoint import check_model_state
-
     check_model_state(ckpt["model_state"], model.state_dict(), args.checkpoint)
     model.load_state_dict(ckpt["model_state"])
-    loss, acc, per_class = evaluate(model, data.x_test, data.y_test, data.mean, data.std,
+    import numpy
+
+    mean = numpy.asarray(ckpt["meta"].get("mean", data.mean), dtype=numpy.float32)
+    std = numpy.asarray(ckpt["meta"].get("std", data.std), dtype=numpy.float32)
+    loss, acc, per_class = evaluate(model, data.x_test, data.y_test, mean, std,
                                     batch_size=args.batch_size, classes=len(data.classes))
     print(f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images): loss {loss:.4f}, accuracy {acc:.4f}")
     print(f"{'class':<16} {'accuracy':>8}")

@@ -7,6 +7,11 @@ its outputs (loss, number correct) live in arrays allocated during capture.
 Nothing inside the step may synchronise with the host, and every array it updates
 (parameters, optimiser state, BatchNorm statistics, the learning rate) must be updated
 in place, since the graph holds their addresses.
+
+Arrays the step allocates while being captured come from a pool private to the graphs.
+Freed at the end of the capture, their blocks would otherwise go back to CuPy's default
+pool, be handed to an array made later (a running loss sum, an eval batch), and be
+overwritten by the next replay: PyTorch keeps graph-private pools for the same reason.
 """
 from gpucnn import backend, gemm
 
@@ -21,6 +26,7 @@ class GraphedStep:
         self.step = step
         self.stream = cupy.cuda.Stream(non_blocking=True)
         gemm.prepare_capture(self.stream)
+        self.pool = cupy.cuda.MemoryPool()
         self._graphs = {}  # (x shape, y shape) -> (graph, static x, static y, outputs)
         self._warm = set()  # shapes already run once eagerly
 
@@ -46,9 +52,10 @@ class GraphedStep:
     def _capture(self, cupy, x, y):
         sx = cupy.empty_like(x)
         sy = cupy.empty_like(y)
-        self.stream.begin_capture()
-        try:
-            outputs = self.step(sx, sy)
-        finally:
-            graph = self.stream.end_capture()
+        with cupy.cuda.using_allocator(self.pool.malloc):
+            self.stream.begin_capture()
+            try:
+                outputs = self.step(sx, sy)
+            finally:
+                graph = self.stream.end_capture()
         return graph, sx, sy, outputs

@@ -113,7 +113,9 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     def checkpoint(epoch, step, sums):
         if save_path is None:
             return
-        meta = {"config": config, "epoch": epoch, "step": step, **sums, "global_step": epoch * steps_per_epoch + step}
+        meta = {"config": config, "epoch": epoch, "step": step, **sums, "global_step": epoch * steps_per_epoch + step,
+                # eval must normalise new data exactly as training did
+                "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std]}
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
 
     stream = getattr(step_fn, "stream", None)

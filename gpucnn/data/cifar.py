@@ -98,9 +98,9 @@ def read_classes(path):
     d = read_pickle(path)
     names = d.get(b"label_names") if isinstance(d, dict) else None
     if not isinstance(names, list) or len(names) != len(CLASSES) \
-            or not all(isinstance(n, bytes) for n in names):
-        raise DatasetError(f"{path}: expected b'label_names', a list of {len(CLASSES)} byte strings")
-    return [n.decode("utf-8", "replace") for n in names]
+            or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DatasetError(f"{path}: expected b'label_names', a list of {len(CLASSES)} strings")
+    return [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
 
 
 def resolve_dir(directory):

@@ -6,6 +6,7 @@ Files may be gzipped or not; we decide by the gzip magic bytes, not the file nam
 because mirrors and tools disagree about whether they unpack on download.
 """
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -54,7 +55,7 @@ def _parse(path, magic, ndim):
     dims = struct.unpack(f">{ndim}i", data[4:header])
     if any(d <= 0 for d in dims):
         raise DatasetError(f"{path}: bad dimensions {dims} in header")
-    expected = int(numpy.prod(dims))
+    expected = math.prod(dims)  # Python ints: a hostile header cannot overflow this
     body = len(data) - header
     if body < expected:
         raise DatasetError(f"{path}: truncated: header says {'x'.join(map(str, dims))} "

@@ -1,0 +1,199 @@
+"""Batch normalisation over the channels of an NCHW input.
+
+Per channel c, over the M = N*H*W values of that channel:
+
+    mean_c = sum(x) / M,   var_c = sum((x - mean_c)^2) / M        (biased: used to normalise)
+    xhat = (x - mean_c) / sqrt(var_c + eps),   y = gamma_c * xhat + beta_c
+
+Training uses the batch's mean_c/var_c and updates the running statistics like PyTorch:
+running = (1 - momentum) * running + momentum * batch, with the UNBIASED variance
+var_c * M / (M - 1) for running_var. Eval normalises with the running statistics.
+
+Backward (training), with both statistics depending on x:
+
+    dbeta  = sum(dy),   dgamma = sum(dy * xhat)
+    dx = gamma * invstd / M * (M * dy - dbeta - xhat * dgamma)
+
+In eval the statistics are constants, so dx = gamma * invstd * dy.
+"""
+import functools
+
+import numpy
+
+from gpucnn import backend, kernels
+from gpucnn.layers.base import Layer
+
+_AXES = (0, 2, 3)  # every axis but the channel axis
+_BN_THREADS = 256  # must equal BN_THREADS in kernels/batchnorm.cu
+
+
+class BatchNorm2d(Layer):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=None):
+        super().__init__(dtype)
+        if not isinstance(num_features, (int, numpy.integer)) or num_features < 1:
+            raise ValueError(f"BatchNorm2d: num_features must be a positive int, got {num_features!r}")
+        if not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"BatchNorm2d: momentum must be in [0, 1], got {momentum!r}")
+        if not float(eps) > 0.0:
+            raise ValueError(f"BatchNorm2d: eps must be positive, got {eps!r}")
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        c = self.num_features
+        self.params = {
+            "weight": backend.to_device(numpy.ones(c), dtype=self.dtype),
+            "bias": backend.to_device(numpy.zeros(c), dtype=self.dtype),
+        }
+        self.buffers = {
+            "running_mean": backend.to_device(numpy.zeros(c), dtype=self.dtype),
+            "running_var": backend.to_device(numpy.ones(c), dtype=self.dtype),
+            # A 0-d int64 array, so state_dict keys and dtypes are PyTorch's.
+            "num_batches_tracked": backend.to_device(numpy.array(0, dtype=numpy.int64)),
+        }
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    @property
+    def running_mean(self):
+        return self.buffers["running_mean"]
+
+    @running_mean.setter
+    def running_mean(self, value):
+        self._set_buffer("running_mean", value)
+
+    @property
+    def running_var(self):
+        return self.buffers["running_var"]
+
+    @running_var.setter
+    def running_var(self, value):
+        self._set_buffer("running_var", value)
+
+    def _set_buffer(self, name, value):
+        # In place: optimisers, state_dict loading and captured CUDA graphs hold this array.
+        buf = self.buffers[name]
+        buf[...] = backend.get_array_module(buf).asarray(value, dtype=buf.dtype)
+
+    def forward(self, x):
+        self.check_input(x, 4, channels=self.num_features)
+        xp = backend.get_array_module(x)
+        n, c, h, w = x.shape
+        m = n * h * w
+        gamma, beta = self.params["weight"], self.params["bias"]
+        if self.training:
+            if m == 1:
+                raise ValueError(
+                    f"BatchNorm2d: expected more than 1 value per channel when training, got input of "
+                    f"shape {tuple(x.shape)}"
+                )
+            mean, var = _batch_stats(x)
+            mom = self.momentum
+            # In place, without reading values back to the host (CUDA-graph safe).
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            rm[...] = (1 - mom) * rm + mom * mean
+            rv[...] = (1 - mom) * rv + (mom * m / (m - 1)) * var
+            self.buffers["num_batches_tracked"] += 1
+        else:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+        invstd = 1 / xp.sqrt(var + self.eps)
+        if backend.is_cupy_array(x):
+            x = xp.ascontiguousarray(x)
+            y = _elementwise().normalize(x, mean, invstd, gamma, beta, h * w, c)
+            self.save(self.training, x, None, mean, invstd, y)
+        else:
+            xhat = (x - mean[:, None, None]) * invstd[:, None, None]
+            y = xhat * gamma[:, None, None] + beta[:, None, None]
+            self.save(self.training, None, xhat, mean, invstd, y)
+        return y
+
+    def backward(self, dy):
+        training, x, xhat, mean, invstd, y = self.saved()
+        self.check_grad(dy, y)
+        gamma = self.params["weight"]
+        n, c, h, w = dy.shape
+        m = n * h * w
+        if backend.is_cupy_array(dy):
+            dy = backend.cupy_module().ascontiguousarray(dy)
+            sum_dy, sum_dy_xhat = _channel_sums_cuda(dy, x, mean, invstd)
+            ew = _elementwise()
+            if training:
+                dx = ew.dx_train(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, h * w, c, x.dtype.type(1.0 / m))
+            else:
+                dx = ew.dx_eval(dy, invstd, gamma, h * w, c)
+        else:
+            sum_dy = dy.sum(axis=_AXES)
+            sum_dy_xhat = (dy * xhat).sum(axis=_AXES)
+            scale = (gamma * invstd)[:, None, None]
+            if training:
+                dx = (scale / m) * (m * dy - sum_dy[:, None, None] - xhat * sum_dy_xhat[:, None, None])
+            else:
+                dx = scale * dy
+        self.grads = {"weight": sum_dy_xhat, "bias": sum_dy}
+        return dx
+
+
+def _batch_stats(x):
+    """Per-channel mean and biased variance, two-pass (no E[x^2] - E[x]^2 cancellation)."""
+    if backend.is_cupy_array(x):
+        cp = backend.cupy_module()
+        x = cp.ascontiguousarray(x)
+        n, c, h, w = x.shape
+        mean = cp.empty(c, dtype=x.dtype)
+        var = cp.empty(c, dtype=x.dtype)
+        kern = kernels.get("batchnorm.cu", "bn_stats", x.dtype)
+        kern((c,), (_BN_THREADS,), (x, mean, var, numpy.int64(n), numpy.int64(c), numpy.int64(h * w)))
+        return mean, var
+    mean = x.mean(axis=_AXES)
+    centred = x - mean[:, None, None]
+    var = numpy.mean(centred * centred, axis=_AXES)
+    return mean, var
+
+
+def _channel_sums_cuda(dy, x, mean, invstd):
+    """sum(dy) and sum(dy * xhat) per channel (kernels/batchnorm.cu, one block per channel)."""
+    cp = backend.cupy_module()
+    n, c, h, w = dy.shape
+    sum_dy = cp.empty(c, dtype=dy.dtype)
+    sum_dy_xhat = cp.empty(c, dtype=dy.dtype)
+    kern = kernels.get("batchnorm.cu", "bn_backward_reduce", dy.dtype)
+    kern((c,), (_BN_THREADS,), (dy, x, mean, invstd, sum_dy, sum_dy_xhat,
+                                numpy.int64(n), numpy.int64(c), numpy.int64(h * w)))
+    return sum_dy, sum_dy_xhat
+
+
+@functools.lru_cache(maxsize=None)
+def _elementwise():
+    """The elementwise CuPy kernels; `i` is the flat NCHW index, so channel = (i / HW) % C.
+
+    Built on first use (CuPy compiles them per dtype itself). Recomputing xhat from x in
+    the dx kernel costs less memory traffic than storing it from the forward pass.
+    """
+    cp = backend.cupy_module()
+    per_channel = "raw T mean, raw T invstd, raw T weight"
+
+    class Kernels:
+        normalize = cp.ElementwiseKernel(
+            f"T x, {per_channel}, raw T bias, int64 hw, int64 channels",
+            "T y",
+            "const ptrdiff_t c = (i / hw) % channels;"
+            "y = (x - mean[c]) * invstd[c] * weight[c] + bias[c];",
+            "gpucnn_bn_normalize",
+        )
+        dx_train = cp.ElementwiseKernel(
+            f"T x, T dy, {per_channel}, raw T sum_dy, raw T sum_dy_xhat, int64 hw, int64 channels, T inv_m",
+            "T dx",
+            "const ptrdiff_t c = (i / hw) % channels;"
+            "const T xhat = (x - mean[c]) * invstd[c];"
+            "dx = weight[c] * invstd[c] * (dy - (sum_dy[c] + xhat * sum_dy_xhat[c]) * inv_m);",
+            "gpucnn_bn_dx_train",
+        )
+        dx_eval = cp.ElementwiseKernel(
+            "T dy, raw T invstd, raw T weight, int64 hw, int64 channels",
+            "T dx",
+            "const ptrdiff_t c = (i / hw) % channels;"
+            "dx = dy * weight[c] * invstd[c];",
+            "gpucnn_bn_dx_eval",
+        )
+
+    return Kernels

@@ -1,0 +1,18 @@
+"""ReLU: y = max(x, 0); dx = dy * (x > 0) (the gradient at exactly 0 is taken as 0, as in PyTorch)."""
+from gpucnn import backend
+from gpucnn.layers.base import Layer
+
+
+class ReLU(Layer):
+    def forward(self, x):
+        self.check_input(x, getattr(x, "ndim", None))  # any rank; checks array-ness and dtype
+        xp = backend.get_array_module(x)
+        y = xp.maximum(x, 0)
+        # Keeping the output is enough: y > 0 exactly where x > 0.
+        self.save(y)
+        return y
+
+    def backward(self, dy):
+        (y,) = self.saved()
+        self.check_grad(dy, y)
+        return dy * (y > 0)

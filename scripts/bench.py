@@ -1,0 +1,176 @@
+#!/usr/bin/env python
+"""Training-step throughput: gpucnn against the identical PyTorch net, side by side.
+
+One step = forward, softmax cross-entropy, backward, SGD-momentum update. Both frameworks
+get the same batch, dtype and weights, a warm-up, a device synchronise around every timed
+region, and the median of several repeats. On the cupy backend PyTorch runs on CUDA with
+cuDNN (benchmark mode, TF32 off unless --tf32); on NumPy it runs on the CPU.
+
+    PYTHONPATH=. python scripts/bench.py                # all cases
+    PYTHONPATH=. python scripts/bench.py --cases lenet-128 --json out.json
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+CASES = {
+    "lenet-128": ("lenet", (1, 28, 28), 128),
+    "lenet-1024": ("lenet", (1, 28, 28), 1024),
+    "vgg_bn-128": ("vgg_bn", (3, 32, 32), 128),
+    "vgg_bn-256": ("vgg_bn", (3, 32, 32), 256),
+}
+
+
+def parse():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="default: $GPUCNN_BACKEND or auto")
+    p.add_argument("--tf32", action="store_true", help="TF32 GEMMs for both (default: off)")
+    p.add_argument("--no-graph", action="store_true", help="gpucnn without CUDA graphs")
+    p.add_argument("--no-torch", action="store_true", help="skip PyTorch")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--steps", type=int, default=0, help="steps per repeat (default: about 0.5 s of work)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--json", metavar="FILE", help="write the rows as JSON")
+    return p.parse_args()
+
+
+def time_steps(step, sync, batch, repeats, steps, warmup):
+    """Median images/s over `repeats` runs of `steps` steps (steps auto-sized if 0)."""
+    for _ in range(warmup):
+        step()
+    sync()
+    if steps == 0:
+        t = time.perf_counter()
+        step()
+        sync()
+        steps = max(3, min(200, int(0.5 / max(time.perf_counter() - t, 1e-6))))
+    rates = []
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        rates.append(batch * steps / (time.perf_counter() - t))
+    return statistics.median(rates)
+
+
+def bench_gpucnn(name, shape, batch, args):
+    import numpy
+
+    from gpucnn import backend, init, models
+    from gpucnn.optim import SGD
+    from gpucnn.train import make_step
+
+    xp = backend.xp
+    init.seed(0)
+    model = models.build(name, shape, 10)
+    rng = numpy.random.default_rng(0)
+    x = backend.to_device(rng.standard_normal((batch, *shape)), xp.float32)
+    y = backend.to_device(rng.integers(0, 10, batch))
+    opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    step = make_step(model, opt, use_graph=not args.no_graph)
+    pool = None
+    if backend.name() == "cupy":
+        pool = xp.get_default_memory_pool()
+        pool.free_all_blocks()
+    rate = time_steps(lambda: step(x, y), backend.synchronize, batch, args.repeats, args.steps, args.warmup)
+    # CuPy's pool keeps every block it ever took until freed: its size is the high-water mark.
+    graph_pool = getattr(step, "pool", None)
+    peak = pool.total_bytes() + (graph_pool.total_bytes() if graph_pool else 0) if pool is not None else None
+    return model, rate, peak
+
+
+def bench_torch(model, shape, batch, on_gpu, args):
+    import numpy
+    import torch
+
+    from gpucnn.torch_twin import to_torch
+
+    device = "cuda" if on_gpu else "cpu"
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = args.tf32
+        torch.backends.cudnn.allow_tf32 = args.tf32
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    net = to_torch(model, device=device)
+    rng = numpy.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((batch, *shape)).astype("float32")).to(device)
+    y = torch.from_numpy(rng.integers(0, 10, batch)).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(x), y).backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    return time_steps(step, sync, batch, args.repeats, args.steps, args.warmup)
+
+
+def main():
+    args = parse()
+    if args.backend:
+        os.environ["GPUCNN_BACKEND"] = args.backend
+    if args.tf32:
+        os.environ["CUPY_TF32"] = "1"
+    from gpucnn import backend
+
+    on_gpu = backend.name() == "cupy"
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+        except ImportError:
+            print("PyTorch is not installed: gpucnn figures only", file=sys.stderr)
+    if torch is not None and on_gpu and not torch.cuda.is_available():
+        print("PyTorch has no CUDA here: its figures would not be comparable, skipped", file=sys.stderr)
+        torch = None
+    if torch is not None and not on_gpu:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+    where = "GPU" if on_gpu else f"CPU ({os.cpu_count()} cores)"
+    mode = ("CUDA graphs" if on_gpu and not args.no_graph else "eager") + (", TF32" if args.tf32 else ", fp32")
+    print(f"gpucnn {backend.name()} backend on {where}, {mode}; median of {args.repeats} repeats")
+    header = f"{'case':<12} {'gpucnn img/s':>13} {'torch img/s':>12} {'ratio':>6} {'gpucnn MiB':>11} {'torch MiB':>10} {'mem ratio':>9}"
+    print(header)
+    rows = []
+    for case in args.cases:
+        name, shape, batch = CASES[case]
+        model, ours, our_peak = bench_gpucnn(name, shape, batch, args)
+        theirs = their_peak = None
+        if torch is not None:
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats()
+            theirs = bench_torch(model, shape, batch, on_gpu, args)
+            their_peak = torch.cuda.max_memory_reserved() if on_gpu else None
+        row = {
+            "case": case, "backend": backend.name(), "graph": on_gpu and not args.no_graph, "tf32": args.tf32,
+            "gpucnn_img_s": round(ours), "torch_img_s": round(theirs) if theirs else None,
+            "ratio": round(ours / theirs, 3) if theirs else None,
+            "gpucnn_peak_mib": round(our_peak / 2**20, 1) if our_peak else None,
+            "torch_peak_mib": round(their_peak / 2**20, 1) if their_peak else None,
+        }
+        row["mem_ratio"] = round(our_peak / their_peak, 3) if our_peak and their_peak else None
+        rows.append(row)
+
+        def fmt(v, spec):
+            return format(v, spec) if v is not None else "-"
+
+        print(f"{case:<12} {fmt(row['gpucnn_img_s'], ',d'):>13} {fmt(row['torch_img_s'], ',d'):>12} "
+              f"{fmt(row['ratio'], '.2f'):>6} {fmt(row['gpucnn_peak_mib'], ',.1f'):>11} "
+              f"{fmt(row['torch_peak_mib'], ',.1f'):>10} {fmt(row['mem_ratio'], '.2f'):>9}", flush=True)
+        del model
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": where, "mode": mode, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Conv2d: gradient check, PyTorch parity, errors, im2col/col2im, CuPy vs NumPy."""
+import numpy
+import pytest
+
+from gpucnn import backend
+from gpucnn.gradcheck import check_layer
+from gpucnn.layers import Conv2d
+from gpucnn.layers.im2col import col2im, im2col
+
+F32, F64 = numpy.float32, numpy.float64
+
+# (C_in, C_out, kernel, stride, padding, (N, H, W), bias): batch 1 and 3, non-square inputs,
+# kernels 1, 2, 3, 5 and rectangular, strides 1-3 (also different per axis: stride 1 across
+# takes NumPy's row-flat path, more takes the general one), paddings 0-2, strides that leave
+# rows/columns no window reaches, and a kernel as tall as the padded input (one output row).
+CASES = [
+    (3, 5, 3, 1, 1, (1, 7, 5), True),
+    (2, 7, 2, 2, 0, (3, 7, 5), False),
+    (3, 5, 5, 3, 2, (3, 7, 5), True),
+    (2, 3, 1, 1, 0, (3, 5, 4), True),
+    (1, 2, 3, 2, 1, (1, 6, 7), False),
+    (2, 2, (3, 2), (2, 1), (1, 0), (3, 7, 5), True),
+    (2, 3, (2, 3), (1, 3), (0, 2), (1, 5, 7), True),
+    (3, 2, 5, 1, 2, (1, 5, 5), False),
+    (2, 3, 3, 3, 0, (3, 8, 7), True),
+    (1, 2, 5, 1, 0, (3, 5, 6), True),
+]
+
+
+def ids(case):
+    c_in, c_out, k, s, p, (n, h, w), bias = case
+    return f"{c_in}to{c_out}-k{k}-s{s}-p{p}-{n}x{h}x{w}-{'bias' if bias else 'nobias'}".replace(" ", "")
+
+
+def close(actual, expected, rtol=1e-4):
+    """rtol, plus an atol of rtol * max|expected| so near-zero entries of sums can pass."""
+    expected = numpy.asarray(backend.to_numpy(expected), dtype=F64)
+    atol = rtol * max(float(numpy.abs(expected).max(initial=0.0)), 1e-12)
+    numpy.testing.assert_allclose(backend.to_numpy(actual).astype(F64), expected, rtol=rtol, atol=atol)
+
+
+def make(case, rng, dtype):
+    c_in, c_out, k, s, p, (n, h, w), bias = case
+    layer = Conv2d(c_in, c_out, k, s, p, bias=bias, dtype=dtype)
+    return layer, rng.standard_normal((n, c_in, h, w)).astype(dtype)
+
+
+def geometry(layer):
+    return (*layer.kernel_size, *layer.stride, *layer.padding)
+
+
+# --- gradient check: the judge ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_gradient_check_float64(case, rng):
+    layer, x = make(case, rng, F64)
+    errors = check_layer(layer, x)
+    assert set(errors) == {"x", "weight"} | ({"bias"} if case[-1] else set())
+    assert max(errors.values()) < 1e-6, errors
+
+
+# --- PyTorch parity -------------------------------------------------------------------------
+
+LENET = [
+    # LeNet's two convolutions: big enough that NumPy batches the products in sample groups.
+    (1, 6, 5, 1, 0, (16, 28, 28), True),
+    (6, 16, 5, 1, 0, (16, 12, 12), True),
+]
+
+
+@pytest.mark.parametrize("case", CASES + LENET, ids=ids)
+def test_matches_torch_float32(case, rng):
+    torch = pytest.importorskip("torch")
+    layer, x = make(case, rng, F32)
+    c_in, c_out, k, s, p, _, bias = case
+    ref = torch.nn.Conv2d(c_in, c_out, k, s, p, bias=bias)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(layer.params["weight"]))
+        if bias:
+            ref.bias.copy_(torch.from_numpy(layer.params["bias"]))
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    yt = ref(xt)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(F32)
+    yt.backward(torch.from_numpy(dy))
+
+    y = layer.forward(x)
+    assert y.shape == tuple(yt.shape) and y.dtype == F32
+    close(y, yt.detach().numpy())
+    close(layer.backward(dy), xt.grad.numpy())
+    close(layer.grads["weight"], ref.weight.grad.numpy())
+    if bias:
+        close(layer.grads["bias"], ref.bias.grad.numpy())
+    else:
+        assert "bias" not in layer.grads
+
+
+@pytest.mark.parametrize(
+    "args,kwargs",
+    [((1, 6, 5), {}), ((3, 5, 3, 2, 1), dict(bias=False)), ((2, 4, (3, 1)), dict(stride=(1, 2), padding=(0, 2)))],
+)
+def test_repr_matches_torch(args, kwargs):
+    torch = pytest.importorskip("torch")
+    assert repr(Conv2d(*args, **kwargs)) == repr(torch.nn.Conv2d(*args, **kwargs))
+
+
+def test_parameters_follow_pytorch_init():
+    layer = Conv2d(3, 8, (3, 2), bias=True)
+    bound = 1 / numpy.sqrt(3 * 3 * 2)
+    assert layer.params["weight"].shape == (8, 3, 3, 2) and layer.params["bias"].shape == (8,)
+    for p in layer.params.values():
+        assert p.dtype == F32 and numpy.abs(p).max() <= bound
+    assert numpy.abs(layer.params["weight"]).max() > 0.9 * bound  # 432 draws fill the range
+    assert set(Conv2d(3, 8, 3, bias=False, dtype=F64).params) == {"weight"}
+
+
+def test_outputs_are_fresh_and_grads_overwritten(rng):
+    layer, x = make(CASES[0], rng, F64)
+    y1 = layer.forward(x)
+    keep = y1.copy()
+    y2 = layer.forward(x * 2)
+    numpy.testing.assert_array_equal(y1, keep)  # a second forward must not reuse y1's memory
+    dy = rng.standard_normal(y2.shape)
+    dx1, g1 = layer.backward(dy), layer.grads["weight"].copy()
+    dx2, g2 = layer.backward(dy), layer.grads["weight"]
+    numpy.testing.assert_array_equal(dx1, dx2)
+    numpy.testing.assert_array_equal(g1, g2)  # overwritten, not accumulated
+
+
+# --- errors name the layer ------------------------------------------------------------------
+
+
+def test_wrong_rank():
+    with pytest.raises(ValueError, match="Conv2d.*4-d"):
+        Conv2d(3, 4, 3).forward(numpy.zeros((3, 8, 8), F32))
+
+
+def test_wrong_channel_count():
+    with pytest.raises(ValueError, match="Conv2d.*3 channels"):
+        Conv2d(3, 4, 3).forward(numpy.zeros((2, 2, 8, 8), F32))
+
+
+def test_wrong_dtype():
+    with pytest.raises(ValueError, match="Conv2d.*dtype"):
+        Conv2d(3, 4, 3).forward(numpy.zeros((2, 3, 8, 8), F64))
+
+
+def test_backward_before_forward():
+    with pytest.raises(ValueError, match="Conv2d.*before forward"):
+        Conv2d(3, 4, 3).backward(numpy.zeros((2, 4, 6, 6), F32))
+
+
+def test_wrong_grad_shape():
+    layer = Conv2d(3, 4, 3)
+    layer.forward(numpy.zeros((2, 3, 8, 8), F32))
+    with pytest.raises(ValueError, match="Conv2d.*grad_out"):
+        layer.backward(numpy.zeros((2, 4, 8, 8), F32))
+
+
+@pytest.mark.parametrize("shape,padding", [((1, 3, 2, 8), 0), ((1, 3, 8, 1), 0), ((1, 3, 1, 1), 0)])
+def test_input_smaller_than_kernel(shape, padding):
+    with pytest.raises(ValueError, match="Conv2d.*smaller than the kernel"):
+        Conv2d(3, 4, 3, padding=padding).forward(numpy.zeros(shape, F32))
+
+
+def test_padding_makes_small_input_fit():
+    assert Conv2d(3, 4, 3, padding=1).forward(numpy.zeros((1, 3, 1, 1), F32)).shape == (1, 4, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=0),
+        dict(kernel_size=(3, 0)),
+        dict(kernel_size=(3, 3, 3)),
+        dict(kernel_size=3, stride=0),
+        dict(kernel_size=3, padding=-1),
+        dict(kernel_size=2.5),
+        dict(kernel_size=3, in_channels=0),
+        dict(kernel_size=3, out_channels=True),
+    ],
+)
+def test_bad_arguments(kwargs):
+    args = dict(in_channels=3, out_channels=4)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match="Conv2d"):
+        Conv2d(**args)
+
+
+# --- im2col / col2im ------------------------------------------------------------------------
+
+
+def reference_cols(x, kh, kw, sh, sw, ph, pw):
+    """Loop-by-loop im2col, (C*kh*kw, N, Ho, Wo)."""
+    n, c, h, w = x.shape
+    xp_ = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    cols = numpy.empty((c, kh, kw, n, ho, wo), x.dtype)
+    for ci, p, q, i, j in numpy.ndindex(c, kh, kw, ho, wo):
+        cols[ci, p, q, :, i, j] = xp_[:, ci, i * sh + p, j * sw + q]
+    return cols.reshape(c * kh * kw, n, ho, wo)
+
+
+def reference_col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
+    n, c, h, w = x_shape
+    dxp = numpy.zeros((n, c, h + 2 * ph, w + 2 * pw), cols.dtype)
+    _, _, ho, wo = cols.shape
+    taps = cols.reshape(c, kh, kw, n, ho, wo)
+    for ci, p, q, i, j in numpy.ndindex(c, kh, kw, ho, wo):
+        dxp[:, ci, i * sh + p, j * sw + q] += taps[ci, p, q, :, i, j]
+    return dxp[:, :, ph : ph + h, pw : pw + w]
+
+
+def numpy_layout(cols, x_shape, geom):
+    """cols (K, N, Ho, Wo) in NumPy's im2col layout: zero junk columns up to its width Wc."""
+    wc = im2col(numpy.zeros(x_shape, cols.dtype), *geom).shape[3]
+    out = numpy.zeros(cols.shape[:3] + (wc,), cols.dtype)
+    out[..., : cols.shape[3]] = cols
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=ids)
+def test_im2col_col2im_numpy_match_loops(case, rng):
+    layer, x = make(case, rng, F64)
+    geom = geometry(layer)
+    ref = reference_cols(x, *geom)
+    cols = im2col(x, *geom)
+    assert cols.shape[:3] == ref.shape[:3] and cols.shape[3] >= ref.shape[3]
+    numpy.testing.assert_array_equal(cols[..., : ref.shape[3]], ref)
+    g = rng.standard_normal(ref.shape)
+    dx = col2im(numpy_layout(g, x.shape, geom), x.shape, *geom)
+    numpy.testing.assert_allclose(dx, reference_col2im(g, x.shape, *geom), rtol=1e-12, atol=1e-12)
+
+
+# --- CuPy against NumPy ---------------------------------------------------------------------
+
+GPU_CASES = CASES + [
+    (6, 16, 5, 1, 0, (8, 12, 12), True),
+    (4, 8, 3, 2, 1, (2, 33, 17), True),
+]
+
+
+def to_cupy(layer, cupy):
+    twin = Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                  bias="bias" in layer.params, dtype=layer.dtype)
+    twin.params = {k: cupy.asarray(v) for k, v in layer.params.items()}
+    return twin
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES, ids=ids)
+def test_cupy_matches_numpy(case, rng):
+    cupy = pytest.importorskip("cupy")
+    layer, x = make(case, rng, F32)
+    gpu = to_cupy(layer, cupy)
+    y = layer.forward(x)
+    y_gpu = gpu.forward(cupy.asarray(x))
+    assert isinstance(y_gpu, cupy.ndarray) and y_gpu.shape == y.shape and y_gpu.dtype == F32
+    close(y_gpu, y)
+    dy = rng.standard_normal(y.shape).astype(F32)
+    close(gpu.backward(cupy.asarray(dy)), layer.backward(dy))
+    assert set(gpu.grads) == set(layer.grads)
+    for name in layer.grads:
+        assert isinstance(gpu.grads[name], cupy.ndarray)
+        close(gpu.grads[name], layer.grads[name])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES[:3] + CASES[5:7], ids=ids)
+def test_gradient_check_float64_cupy(case, rng):
+    cupy = pytest.importorskip("cupy")
+    layer, x = make(case, rng, F64)
+    errors = check_layer(to_cupy(layer, cupy), cupy.asarray(x))
+    assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("case", GPU_CASES, ids=ids)
+def test_im2col_col2im_kernels_match_numpy(case, dtype, rng):
+    cupy = pytest.importorskip("cupy")
+    layer, x = make(case, rng, dtype)
+    geom = geometry(layer)
+    ref = reference_cols(x, *geom)
+    cols = im2col(cupy.asarray(x), *geom)
+    assert cols.shape == ref.shape and cols.dtype == dtype
+    numpy.testing.assert_array_equal(cupy.asnumpy(cols), ref)  # a copy: exact
+    g = rng.standard_normal(ref.shape).astype(dtype)
+    dx = col2im(cupy.asarray(g), x.shape, *geom)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    close(dx, col2im(numpy_layout(g, x.shape, geom), x.shape, *geom), rtol=1e-5)
