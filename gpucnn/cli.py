@@ -9,9 +9,9 @@ import sys
 
 # One table of training defaults: the parser's help shows them, a resumed run starts from them.
 TRAIN_DEFAULTS = {
-    "model": "small", "dataset": "digits", "data_dir": None, "epochs": 15, "batch_size": 64,
-    "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "nesterov": False, "weight_decay": None,
-    "schedule": "constant", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
+    "model": "small", "dataset": "digits", "data_dir": None, "epochs": None, "batch_size": 64,
+    "optimizer": "adam", "lr": 2e-3, "momentum": 0.9, "nesterov": False, "weight_decay": None,
+    "schedule": "cosine", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
     "seed": 0, "augment": None,
 }
 # Flags a resumed run may change; every other one is taken from the checkpoint.
@@ -27,7 +27,7 @@ def _train_parser(sub):
     p.add_argument("--download", action="store_true",
                    help="fetch missing mnist/fashion-mnist/cifar10 files into --data-dir (or the cache) and verify their checksums")
     p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
-    p.add_argument("--epochs", type=int, help=f"number of epochs (default: {d['epochs']})")
+    p.add_argument("--epochs", type=int, help="number of epochs (default: 30 for digits, 10 otherwise)")
     p.add_argument("--batch-size", type=int, help=f"batch size (default: {d['batch_size']})")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=f"optimiser (default: {d['optimizer']})")
     p.add_argument("--lr", type=float, help=f"base learning rate (default: {d['lr']})")
@@ -45,6 +45,8 @@ def _train_parser(sub):
     _backend_flags(p)
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=os.environ.get("GPUCNN_GRAPH", "1") != "0",
                    help="capture each training step in a CUDA graph on the cupy backend (default: on; env GPUCNN_GRAPH=0 turns it off)")
+    p.add_argument("--stop-after", type=int, metavar="N",
+                   help="stop after epoch N, checkpointed, though the schedule spans --epochs; continue with --resume (default: run to --epochs)")
     p.add_argument("--save", default="runs/last.ckpt", help="checkpoint written after every epoch and on Ctrl-C (default: runs/last.ckpt)")
     p.add_argument("--no-save", action="store_true", help="write no checkpoint")
     p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its configuration is used; --epochs may extend it)")
@@ -119,6 +121,8 @@ def _config(args):
         config.update(saved)
         start = {k: ckpt["meta"][k] for k in ("epoch", "step", "loss_sum", "correct", "seen", "seconds")}
     config.update(given)
+    if config["epochs"] is None:
+        config["epochs"] = 30 if config["dataset"] == "digits" else 10
     if config["augment"] is None:
         config["augment"] = config["dataset"] == "cifar10"
     return config, start, ckpt
@@ -161,7 +165,7 @@ def cmd_train(args):
           f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else ""))
     try:
         fit(model, optimizer, schedule, data, config, start=start, save_path=save,
-            metrics_path=args.metrics_out, progress=not args.no_progress)
+            metrics_path=args.metrics_out, progress=not args.no_progress, stop_after=args.stop_after)
     except TrainingStopped as e:
         print(f"gpucnn: {e}", file=sys.stderr)
         return 1

@@ -103,30 +103,44 @@ class _Handle:
             raise CublasError(f"{what} failed with cuBLAS status {status}")
 
     def gemm(self, a, b, trans_a, trans_b):
-        """Row-major C = op(a) @ op(b), computed as column-major C^T = op(b)^T op(a)^T."""
+        """Row-major C = op(a) @ op(b) through cublas<S|D>gemm."""
         import cupy
 
-        a, ta = _row_major(a, trans_a)
-        b, tb = _row_major(b, trans_b)
-        m, k = (a.shape[1], a.shape[0]) if ta else a.shape
-        k2, n = (b.shape[1], b.shape[0]) if tb else b.shape
-        if k != k2:
-            raise ValueError(f"gemm: inner dimensions differ ({m}x{k} @ {k2}x{n})")
         if a.dtype != b.dtype:
             raise ValueError(f"gemm: dtypes differ ({a.dtype} and {b.dtype})")
-        c = cupy.empty((m, n), dtype=a.dtype)
+        a, trans_a = _row_major(a, trans_a)
+        b, trans_b = _row_major(b, trans_b)
+        args = gemm_arguments(a.shape, b.shape, trans_a, trans_b)
+        c = cupy.empty(args["c_shape"], dtype=a.dtype)
         ctype, fn = (ctypes.c_float, self._lib.cublasSgemm_v2) if a.dtype == cupy.float32 else (ctypes.c_double, self._lib.cublasDgemm_v2)
         one, zero = ctype(1.0), ctype(0.0)
         self._check(
             fn(
-                self.handle, _OP_T if tb else _OP_N, _OP_T if ta else _OP_N, n, m, k,
-                ctypes.byref(one), ctypes.c_void_p(b.data.ptr), b.shape[1],
-                ctypes.c_void_p(a.data.ptr), a.shape[1],
-                ctypes.byref(zero), ctypes.c_void_p(c.data.ptr), n,
+                self.handle, args["op_first"], args["op_second"], args["m"], args["n"], args["k"],
+                ctypes.byref(one), ctypes.c_void_p(b.data.ptr), args["ld_first"],
+                ctypes.c_void_p(a.data.ptr), args["ld_second"],
+                ctypes.byref(zero), ctypes.c_void_p(c.data.ptr), args["ldc"],
             ),
             "cublasGemm",
         )
         return c
+
+
+def gemm_arguments(a_shape, b_shape, trans_a, trans_b):
+    """cuBLAS (column-major) arguments for row-major C = op(A) @ op(B), A and B C-contiguous.
+
+    A row-major matrix read column-major is its transpose, so cuBLAS computes
+    C^T = op(B)^T op(A)^T: B goes first, A second, and the sizes swap.
+    """
+    m, k = (a_shape[1], a_shape[0]) if trans_a else a_shape
+    k2, n = (b_shape[1], b_shape[0]) if trans_b else b_shape
+    if k != k2:
+        raise ValueError(f"gemm: inner dimensions differ ({m}x{k} @ {k2}x{n})")
+    return {
+        "op_first": _OP_T if trans_b else _OP_N, "op_second": _OP_T if trans_a else _OP_N,
+        "m": n, "n": m, "k": k, "ld_first": b_shape[1], "ld_second": a_shape[1], "ldc": n,
+        "c_shape": (m, n),
+    }
 
 
 def _row_major(x, trans):

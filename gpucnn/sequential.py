@@ -57,10 +57,19 @@ class Sequential:
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_out):
-        for layer in reversed(self.layers):
+    def backward(self, grad_out, input_grad=True):
+        """Backward through every layer; input_grad=False lets the first layer skip dX
+        (the trainer has no use for it) and returns None."""
+        if not self.layers:
+            return grad_out if input_grad else None
+        for layer in reversed(self.layers[1:]):
             grad_out = layer.backward(grad_out)
-        return grad_out
+        first = self.layers[0]
+        if not input_grad and getattr(first, "skips_input_grad", False):
+            first.backward(grad_out, input_grad=False)
+            return None
+        grad_in = first.backward(grad_out)
+        return grad_in if input_grad else None
 
     def train(self, mode=True):
         self.training = bool(mode)

@@ -11,6 +11,7 @@ import math
 import signal
 import time
 
+import numpy
 from tqdm import tqdm
 
 from gpucnn import backend
@@ -39,7 +40,7 @@ class TrainStep:
         # validated every label, so the hot path skips it.
         loss = self.loss.forward(logits, y, check=False)
         correct = (logits.argmax(axis=1) == y).sum()
-        self.model.backward(self.loss.backward())
+        self.model.backward(self.loss.backward(), input_grad=False)
         self.optimizer.step()
         return loss, correct
 
@@ -95,11 +96,12 @@ class _Interrupt:
 
 
 def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None, metrics_path=None,
-        log=print, progress=True, state_extra=None):
+        log=print, progress=True, stop_after=None):
     """Train for config['epochs'] epochs; return the list of per-epoch metric dicts.
 
     `start` (from a checkpoint) holds epoch, step (batches done in that epoch) and the
-    running sums of the unfinished epoch.
+    running sums of the unfinished epoch. `stop_after` ends the run after that epoch
+    while the schedule still spans config['epochs'].
     """
     xp = backend.xp
     epochs, batch_size, seed = config["epochs"], config["batch_size"], config["seed"]
@@ -119,8 +121,10 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
 
     stream = getattr(step_fn, "stream", None)
-    with _Interrupt() as interrupt, (stream if stream is not None else contextlib.nullcontext()):
-        for epoch in range(start["epoch"], epochs):
+    # A diverging run overflows inside NumPy; the loss check below reports it in words.
+    with _Interrupt() as interrupt, (stream if stream is not None else contextlib.nullcontext()), \
+            numpy.errstate(over="ignore", invalid="ignore"):
+        for epoch in range(start["epoch"], min(epochs, stop_after or epochs)):
             first = start["step"] if epoch == start["epoch"] else 0
             resumed = epoch == start["epoch"]
             loss_sum = xp.asarray(start["loss_sum"] if resumed else 0.0, dtype=xp.float64)

@@ -12,6 +12,9 @@ class Layer:
     but not learned (BatchNorm's running statistics).
     """
 
+    # Layers whose backward takes input_grad=False and then skips computing dX.
+    skips_input_grad = False
+
     def __init__(self, dtype=None):
         self.dtype = numpy.dtype(dtype or numpy.float32)
         if self.dtype.kind != "f":

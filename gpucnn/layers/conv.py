@@ -13,7 +13,7 @@ With cols = im2col(X) of shape (K, N*Ho*Wo), K = C_in*kh*kw, and W_mat = W.resha
 """
 import numpy
 
-from gpucnn import backend, init
+from gpucnn import backend, gemm, init
 from gpucnn.layers.base import Layer
 from gpucnn.layers.im2col import col2im, im2col, out_size
 
@@ -50,6 +50,8 @@ def _split(m, groups):
 
 
 class Conv2d(Layer):
+    skips_input_grad = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, dtype=None):
         super().__init__(dtype)
         for what, v in (("in_channels", in_channels), ("out_channels", out_channels)):
@@ -100,7 +102,7 @@ class Conv2d(Layer):
         cols_mat = cols.reshape(cols.shape[0], -1)
         groups = _groups(xp, n, ho * wc)
         if groups == 1:
-            y_mat = w_mat @ cols_mat
+            y_mat = gemm.matmul(w_mat, cols_mat)
         else:
             y_mat = xp.empty((o, cols_mat.shape[1]), dtype=self.dtype)
             xp.matmul(w_mat, _split(cols_mat, groups), out=_split(y_mat, groups))
@@ -113,8 +115,11 @@ class Conv2d(Layer):
         self.save(tuple(x.shape), cols, y, groups)
         return y
 
-    def backward(self, dy):
-        """dW = dY_mat @ cols^T, db = sum dY, dX = col2im(W_mat^T @ dY_mat)."""
+    def backward(self, dy, input_grad=True):
+        """dW = dY_mat @ cols^T, db = sum dY, dX = col2im(W_mat^T @ dY_mat).
+
+        input_grad=False skips dX (returns None): a net's first layer has no use for it.
+        """
         x_shape, cols, y, groups = self.saved()
         self.check_grad(dy, y)
         xp = backend.get_array_module(dy)
@@ -130,13 +135,15 @@ class Conv2d(Layer):
         cols_mat = cols.reshape(k, -1)
         if "bias" in self.params:
             # sum over columns as a matrix-vector product: BLAS does it ~4x faster than .sum(axis=1)
-            self.grads["bias"] = dy_mat @ xp.ones(dy_mat.shape[1], dtype=self.dtype)
+            self.grads["bias"] = gemm.matmul(dy_mat, xp.ones((dy_mat.shape[1], 1), dtype=self.dtype)).reshape(o)
         # dW^T = cols @ dY^T (the faster orientation for OpenBLAS), summed over sample groups.
         if groups == 1:
-            dw_t = cols_mat @ dy_mat.T
+            dw_t = gemm.matmul(cols_mat, dy_mat, trans_b=True)
         else:
             dw_t = xp.matmul(_split(cols_mat, groups), _split(dy_mat, groups).transpose(0, 2, 1)).sum(axis=0)
         self.grads["weight"] = xp.ascontiguousarray(dw_t.T).reshape(weight.shape)
-        dcols = weight.reshape(o, k).T @ dy_mat
+        if not input_grad:
+            return None
+        dcols = gemm.matmul(weight.reshape(o, k), dy_mat, trans_a=True)
         return col2im(dcols.reshape(k, n, ho, wc), x_shape, *self._geometry())
 

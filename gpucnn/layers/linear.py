@@ -5,11 +5,13 @@
 """
 import numpy
 
-from gpucnn import init
+from gpucnn import gemm, init
 from gpucnn.layers.base import Layer
 
 
 class Linear(Layer):
+    skips_input_grad = True
+
     def __init__(self, in_features, out_features, bias=True, dtype=None):
         super().__init__(dtype)
         for what, v in (("in_features", in_features), ("out_features", out_features)):
@@ -26,18 +28,18 @@ class Linear(Layer):
     def forward(self, x):
         """Y = X W^T + b."""
         self.check_input(x, 2, self.in_features)
-        # W.T is a view: BLAS reads it transposed, no copy.
-        y = x @ self.params["weight"].T
+        # W is read transposed by BLAS, no copy.
+        y = gemm.matmul(x, self.params["weight"], trans_b=True)
         if "bias" in self.params:
             y += self.params["bias"]
         self.save(x, y)
         return y
 
-    def backward(self, dy):
-        """dX = dY W, dW = dY^T X, db = sum_n dY."""
+    def backward(self, dy, input_grad=True):
+        """dX = dY W, dW = dY^T X, db = sum_n dY. input_grad=False skips dX (returns None)."""
         x, y = self.saved()
         self.check_grad(dy, y)
-        self.grads["weight"] = dy.T @ x
+        self.grads["weight"] = gemm.matmul(dy, x, trans_a=True)
         if "bias" in self.params:
             self.grads["bias"] = dy.sum(axis=0)
-        return dy @ self.params["weight"]
+        return gemm.matmul(dy, self.params["weight"]) if input_grad else None
