@@ -32,3 +32,18 @@ def test_nvcc_check_reports_a_broken_kernel(tmp_path):
 def test_unsupported_dtype_is_named():
     with pytest.raises(kernels.KernelError, match="float16"):
         kernels._scalar_t("float16")
+
+
+def test_kernels_ship_with_the_package():
+    """An installed (non-editable) gpucnn finds the .cu files inside itself, gpucnn/_kernels;
+    a source checkout finds them in the top-level kernels/."""
+    import pathlib
+
+    import gpucnn
+
+    package = pathlib.Path(gpucnn.__file__).resolve().parent
+    found = kernels.kernel_dir()
+    if (package.parent / "kernels").is_dir() and (package.parent / "pyproject.toml").is_file():
+        assert found == package.parent / "kernels"
+    else:
+        assert found == package / "_kernels"

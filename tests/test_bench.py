@@ -1,0 +1,28 @@
+"""The benchmark script runs and writes its JSON (figures themselves live in docs/benchmarks.md)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_script_writes_rows(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=ROOT, GPUCNN_BACKEND="numpy")
+    args = ["--cases", "lenet-128", "--repeats", "1", "--steps", "2", "--warmup", "1", "--json", str(out)]
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        args.append("--no-torch")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), *args],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "lenet-128" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["case"] == "lenet-128" and rows[0]["gpucnn_img_s"] > 0
+    if "--no-torch" not in args:
+        assert rows[0]["torch_img_s"] > 0
+        assert rows[0]["ratio"] == pytest.approx(rows[0]["gpucnn_img_s"] / rows[0]["torch_img_s"], rel=0.01)
