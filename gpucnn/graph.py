@@ -33,20 +33,26 @@ class GraphedStep:
     def __call__(self, x, y):
         cupy = backend.cupy_module()
         key = (tuple(x.shape), tuple(y.shape))
+        caller = cupy.cuda.get_current_stream()
+        other = caller.ptr != self.stream.ptr
+        if other:  # parameters, lr and inputs may still be being written on the caller's stream
+            self.stream.wait_event(caller.record())
         with self.stream:
             if key not in self._warm:
                 # A shape's first step runs eagerly (a real step, not a throw-away): it
                 # compiles every kernel and grows the memory pool outside the capture.
                 self._warm.add(key)
-                return self.step(x, y)
-            entry = self._graphs.get(key)
-            if entry is None:
-                entry = self._capture(cupy, x, y)
-                self._graphs[key] = entry
-            graph, sx, sy, outputs = entry
-            sx[...] = x
-            sy[...] = y
-            graph.launch(stream=self.stream)
+                outputs = self.step(x, y)
+            else:
+                entry = self._graphs.get(key)
+                if entry is None:
+                    entry = self._graphs[key] = self._capture(cupy, x, y)
+                graph, sx, sy, outputs = entry
+                sx[...] = x
+                sy[...] = y
+                graph.launch(stream=self.stream)
+        if other:  # the outputs are then safe to read on the caller's stream
+            caller.wait_event(self.stream.record())
         return outputs
 
     def _capture(self, cupy, x, y):
@@ -56,6 +62,11 @@ class GraphedStep:
             self.stream.begin_capture()
             try:
                 outputs = self.step(sx, sy)
-            finally:
-                graph = self.stream.end_capture()
+            except BaseException:
+                try:  # end the broken capture, but report the step's own error
+                    self.stream.end_capture()
+                except Exception:
+                    pass
+                raise
+            graph = self.stream.end_capture()
         return graph, sx, sy, outputs

@@ -55,8 +55,13 @@ def _module(filename, scalar_t):
 
 
 def get(filename, name, dtype):
-    """The RawKernel `name` from kernels/`filename`, compiled for `dtype`."""
-    module = _module(filename, _scalar_t(dtype))
+    """The RawKernel `name` from kernels/`filename`, compiled for `dtype` (cached)."""
+    return _function(filename, name, _scalar_t(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _function(filename, name, scalar_t):
+    module = _module(filename, scalar_t)
     try:
         return module.get_function(name)
     except Exception as e:

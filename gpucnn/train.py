@@ -32,7 +32,7 @@ class TrainStep:
 
     def __init__(self, model, optimizer):
         self.model, self.optimizer = model, optimizer
-        self.loss = SoftmaxCrossEntropy()
+        self.loss = SoftmaxCrossEntropy(dtype=_dtype(model))
 
     def __call__(self, x, y):
         logits = self.model.forward(x)
@@ -43,6 +43,11 @@ class TrainStep:
         self.model.backward(self.loss.backward(), input_grad=False)
         self.optimizer.step()
         return loss, correct
+
+
+def _dtype(model):
+    """The float type the model computes in (its parameters'), float32 by default."""
+    return next((p.value.dtype for p in model.parameters()), None)
 
 
 def make_step(model, optimizer, use_graph):
@@ -59,7 +64,7 @@ def evaluate(model, x, y, mean, std, batch_size=1000, classes=None):
     xp = backend.xp
     was_training = model.training
     model.eval()
-    loss_fn = SoftmaxCrossEntropy()
+    loss_fn = SoftmaxCrossEntropy(dtype=_dtype(model))
     n_classes = classes or int(y.max()) + 1
     total_loss = xp.zeros((), dtype=xp.float64)
     hits = xp.zeros(n_classes, dtype=xp.int64)

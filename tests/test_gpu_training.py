@@ -1,5 +1,6 @@
 """GPU: a whole training step on CuPy equals NumPy's, and a CUDA-graph replayed run
 follows the eager run's loss curve. Skipped without CuPy and a CUDA device."""
+import contextlib
 import subprocess
 import sys
 
@@ -34,14 +35,13 @@ def _run(name, shape, batches, use_graph):
     step = make_step(model, SGD(model.parameters(), lr=0.05, momentum=0.9), use_graph)
     losses = []
     stream = getattr(step, "stream", None)
+    # The model was built (async copies) on the current stream; a graphed step runs on its
+    # own non-blocking stream, which does not wait for it, and neither does it for inputs
+    # copied elsewhere: so wait once, and copy each batch on the stream that reads it.
+    backend.synchronize()
     for x, y in batches:
-        xb, yb = backend.to_device(x), backend.to_device(y)
-        if stream is not None:
-            with stream:
-                loss, _ = step(xb, yb)
-                losses.append(float(loss))
-        else:
-            loss, _ = step(xb, yb)
+        with stream if stream is not None else contextlib.nullcontext():
+            loss, _ = step(backend.to_device(x), backend.to_device(y))
             losses.append(float(loss))
     return numpy.array(losses), model.state_dict()
 
@@ -74,6 +74,7 @@ def test_graph_outputs_are_not_clobbered_by_later_allocations(on_cupy):
     init.seed(0)
     model = models.lenet()
     step = make_step(model, SGD(model.parameters(), lr=0.01), use_graph=True)
+    backend.synchronize()  # setup ran on the current stream, the step runs on step.stream
     with step.stream:
         for x, y in batches[:2]:  # eager warm-up, then capture + first replay
             step(backend.to_device(x), backend.to_device(y))

@@ -353,10 +353,12 @@ def test_fused_kernel_matches_reference(name, kw, dtype, rtol, rng):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
 @pytest.mark.parametrize("name, kw", [CONFIGS[4], CONFIGS[6], CONFIGS[8]])
-def test_step_replays_in_a_cuda_graph(name, kw, rng):
+def test_step_replays_in_a_cuda_graph(name, kw, fused, rng):
     # Capture step() once, replay it with new gradients (copied into the captured grad
-    # arrays) and a new lr each time: it must match plain eager steps.
+    # arrays) and a new lr each time: it must match plain eager steps. Both update paths
+    # must be capturable: no host sync, everything that changes read from device memory.
     import cupy as cp
 
     init = [rng.standard_normal(s) for s in [(5, 4), (7,)]]
@@ -364,7 +366,7 @@ def test_step_replays_in_a_cuda_graph(name, kw, rng):
     lrs = [kw["lr"] * f for f in (1.0, 0.5, 0.25, 0.125, 0.1)]
 
     eager = cupy_params(cp, init)
-    opt = make_optimizer(name, eager, **kw)
+    opt = make_optimizer(name, eager, fused=fused, **kw)
     for lr, gs in zip(lrs, grads):
         opt.lr = lr
         for p, g in zip(eager, gs):
@@ -372,8 +374,9 @@ def test_step_replays_in_a_cuda_graph(name, kw, rng):
         opt.step()
 
     graphed = cupy_params(cp, init)
-    opt = make_optimizer(name, graphed, **kw)
+    opt = make_optimizer(name, graphed, fused=fused, **kw)
     stream = cp.cuda.Stream(non_blocking=True)
+    cp.cuda.Device().synchronize()  # the setup's copies ran on the legacy stream, which `stream` does not wait for
     with stream:
         for p in graphed:
             p.grad = cp.zeros_like(p.value)
@@ -395,3 +398,60 @@ def test_step_replays_in_a_cuda_graph(name, kw, rng):
     assert opt.steps == len(grads)
     for a, b in zip(eager, graphed):
         assert_allclose(cp.asnumpy(b.value), cp.asnumpy(a.value), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+@pytest.mark.parametrize("name, kw", [CONFIGS[1], CONFIGS[4]])
+def test_training_step_replays_in_a_cuda_graph(name, kw, fused, rng):
+    # The whole training step (forward, loss with check=False, backward, step()) through
+    # GraphedStep, against the same steps run eagerly: a host sync or a cuBLAS call outside
+    # gpucnn.gemm would make the capture raise; a rebound parameter, buffer or lr would make
+    # the replays drift from the eager run. A partial last batch gives a second graph.
+    # SGD only: eager products go through CuPy's cuBLAS handle, captured ones through
+    # gpucnn.gemm's, so float32 results may differ in the last bits, which Adam's
+    # normalised step can blow up on near-zero gradients (the Adam kernels' capture is
+    # tested above).
+    import cupy as cp
+
+    from gpucnn.graph import GraphedStep
+    from gpucnn.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+    from gpucnn.sequential import Sequential
+    from gpucnn.train import TrainStep
+
+    def net():
+        layers = [Conv2d(1, 4, 3, padding=1), BatchNorm2d(4), ReLU(), MaxPool2d(2), Flatten(), Linear(64, 10)]
+        for layer in layers:
+            for store in (layer.params, layer.buffers):
+                for k in list(store):
+                    store[k] = cp.asarray(store[k])
+        return Sequential(layers)
+
+    eager, graphed = net(), net()
+    graphed.load_state_dict(eager.state_dict())
+    opt_e = make_optimizer(name, eager.parameters(), fused=fused, **kw)
+    opt_g = make_optimizer(name, graphed.parameters(), fused=fused, **kw)
+    step_e, step_g = TrainStep(eager, opt_e), GraphedStep(TrainStep(graphed, opt_g))
+    cp.cuda.Device().synchronize()  # setup ran on the legacy stream; GraphedStep has its own
+    sizes = [8] * 5 + [5]
+    batches = [(rng.standard_normal((b, 1, 8, 8)).astype(numpy.float32), rng.integers(0, 10, size=b)) for b in sizes * 3]
+    for i, (x, y) in enumerate(batches):
+        lr = kw["lr"] * (1.0 - 0.5 * i / len(batches))
+        opt_e.lr = lr
+        loss_e, right_e = step_e(cp.asarray(x), cp.asarray(y))
+        with step_g.stream:  # everything the graphs touch stays on their stream
+            opt_g.lr = lr
+            loss_g, right_g = step_g(cp.asarray(x), cp.asarray(y))
+            loss_g, right_g = float(loss_g), int(right_g)  # graph outputs are overwritten by the next replay
+        assert_allclose(loss_g, float(loss_e), rtol=1e-4)
+        assert abs(right_g - int(right_e)) <= 1  # a near-tie of two logits may break either way
+    assert len(step_g._graphs) == 2  # both batch shapes were captured and replayed
+    with step_g.stream:
+        state_g, optim_g = graphed.state_dict(), opt_g.state_dict()
+    state_e, optim_e = eager.state_dict(), opt_e.state_dict()
+    assert int(state_g["1.num_batches_tracked"]) == len(batches) and optim_g["step"] == len(batches)
+    for k in state_e:
+        assert_allclose(state_g[k], state_e[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    for k, bufs in optim_e["state"].items():
+        for n, buf in bufs.items():
+            assert_allclose(optim_g["state"][k][n], buf, rtol=1e-4, atol=1e-5, err_msg=f"{k} {n}")
