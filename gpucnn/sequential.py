@@ -3,7 +3,6 @@
 state_dict keys match PyTorch's nn.Sequential ("0.weight", "1.running_mean", ...),
 so a PyTorch state_dict converted to NumPy arrays loads as it is.
 """
-import numpy
 
 from gpucnn import backend
 

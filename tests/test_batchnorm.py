@@ -6,13 +6,10 @@ from gpucnn import backend
 from gpucnn.gradcheck import check_layer
 from gpucnn.layers import BatchNorm2d
 
+from helpers import close, matches_torch
+
 F32, F64 = numpy.float32, numpy.float64
 
-
-def close(actual, expected, rtol=1e-4):
-    expected = numpy.asarray(expected, dtype=F64)
-    atol = rtol * max(float(numpy.abs(expected).max(initial=0.0)), 1e-12)
-    numpy.testing.assert_allclose(backend.to_numpy(actual).astype(F64), expected, rtol=rtol, atol=atol)
 
 
 def randomised(c, rng, dtype=F64, eval_mode=False):
@@ -154,15 +151,7 @@ def test_matches_torch_eval_float32(rng):
     ref = torch_twin(bn, torch).eval()
     x = rng.standard_normal((3, 5, 4, 6)).astype(F32)
     dy = rng.standard_normal(x.shape).astype(F32)
-    y = bn.forward(x)
-    dx = bn.backward(dy)
-    xt = torch.tensor(x, requires_grad=True)
-    yt = ref(xt)
-    yt.backward(torch.tensor(dy))
-    close(y, yt.detach().numpy())
-    close(dx, xt.grad.numpy())
-    close(bn.grads["weight"], ref.weight.grad.numpy())
-    close(bn.grads["bias"], ref.bias.grad.numpy())
+    matches_torch(bn, ref, x, dy)
 
 
 # --- errors -----------------------------------------------------------------------------------------

@@ -284,31 +284,18 @@ def test_cifar_forbidden_global_is_refused_without_running(tmp_path, func):
     assert not marker.exists()
 
 
-def test_cifar_bad_shape(tmp_path):
+@pytest.mark.parametrize("batch_name,content,words", [
+    ("test_batch", {"data": numpy.zeros((2, 100), numpy.uint8), "labels": [0, 1]}, ("(N, 3072)", "(2, 100)")),
+    ("data_batch_3", {"data": numpy.zeros((2, 3072), numpy.uint8), "labels": [0, 10]}, ("label 10 at index 1", "out of range")),
+    ("data_batch_1", {"data": numpy.zeros((3, 3072), numpy.uint8), "labels": [0, 1]}, ("3 images but 2 labels",)),
+], ids=["bad-shape", "label-out-of-range", "count-mismatch"])
+def test_cifar_bad_batch(tmp_path, batch_name, content, words):
     write_cifar_dir(tmp_path)
-    batch = tmp_path / cifar.DIRNAME / "test_batch"
-    batch.write_bytes(py2_pickle({"data": numpy.zeros((2, 100), numpy.uint8), "labels": [0, 1]}))
+    batch = tmp_path / cifar.DIRNAME / batch_name
+    batch.write_bytes(py2_pickle(content))
     with pytest.raises(DatasetError) as e:
         data.load("cifar10", data_dir=str(tmp_path))
-    _assert_error(e, batch, "(N, 3072)", "(2, 100)")
-
-
-def test_cifar_label_out_of_range(tmp_path):
-    write_cifar_dir(tmp_path)
-    batch = tmp_path / cifar.DIRNAME / "data_batch_3"
-    batch.write_bytes(py2_pickle({"data": numpy.zeros((2, 3072), numpy.uint8), "labels": [0, 10]}))
-    with pytest.raises(DatasetError) as e:
-        data.load("cifar10", data_dir=str(tmp_path))
-    _assert_error(e, batch, "label 10 at index 1", "out of range")
-
-
-def test_cifar_count_mismatch(tmp_path):
-    write_cifar_dir(tmp_path)
-    batch = tmp_path / cifar.DIRNAME / "data_batch_1"
-    batch.write_bytes(py2_pickle({"data": numpy.zeros((3, 3072), numpy.uint8), "labels": [0, 1]}))
-    with pytest.raises(DatasetError) as e:
-        data.load("cifar10", data_dir=str(tmp_path))
-    _assert_error(e, batch, "3 images but 2 labels")
+    _assert_error(e, batch, *words)
 
 
 def test_cifar_truncated_pickle(tmp_path):

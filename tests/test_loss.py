@@ -2,17 +2,13 @@
 import numpy
 import pytest
 
-from gpucnn import backend
 from gpucnn.gradcheck import check_loss
 from gpucnn.layers import SoftmaxCrossEntropy
 
+from helpers import close
+
 F32, F64 = numpy.float32, numpy.float64
 
-
-def close(actual, expected, rtol=1e-4):
-    expected = numpy.asarray(expected, dtype=F64)
-    atol = rtol * max(float(numpy.abs(expected).max(initial=0.0)), 1e-12)
-    numpy.testing.assert_allclose(backend.to_numpy(actual).astype(F64), expected, rtol=rtol, atol=atol)
 
 
 def soft_targets(rng, n, c, dtype=F64):

@@ -2,9 +2,10 @@
 import numpy
 import pytest
 
-from gpucnn import backend
 from gpucnn.gradcheck import check_layer
 from gpucnn.layers import MaxPool2d
+
+from helpers import close
 
 F32, F64 = numpy.float32, numpy.float64
 
@@ -30,11 +31,6 @@ def distinct(rng, shape, dtype=F64):
     n = int(numpy.prod(shape))
     return ((rng.permutation(n).reshape(shape) - n / 2) / n * 4.0).astype(dtype)
 
-
-def close(actual, expected, rtol=1e-4):
-    expected = numpy.asarray(expected, dtype=F64)
-    atol = rtol * max(float(numpy.abs(expected).max(initial=0.0)), 1e-12)
-    numpy.testing.assert_allclose(backend.to_numpy(actual).astype(F64), expected, rtol=rtol, atol=atol)
 
 
 def reference(x, k, s):
