@@ -32,6 +32,8 @@ import urllib.error
 import urllib.request
 import zlib
 
+from tqdm import tqdm
+
 from . import cifar, idx
 from .errors import DatasetError
 
@@ -127,7 +129,11 @@ def _fetch(url, dest):
                                prefix="." + os.path.basename(dest) + ".", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out, CHUNK)
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=os.path.basename(dest), leave=False) as bar:
+                for chunk in iter(lambda: response.read(CHUNK), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
     except BaseException as e:
         _remove(tmp)
         if isinstance(e, (urllib.error.URLError, OSError, http.client.HTTPException)):
