@@ -80,6 +80,10 @@ def evaluate(model, x, y, mean, std, batch_size=1000, classes=None):
     return float(total_loss) / len(y), float(hits.sum() / counts.sum()), per_class
 
 
+class _StopRequested(KeyboardInterrupt):
+    """Ctrl-C seen and the current step finished: the state is whole and can be saved."""
+
+
 class _Interrupt:
     """First Ctrl-C: finish the current step, save, stop. Second: stop at once."""
 
@@ -108,11 +112,9 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     running sums of the unfinished epoch. `stop_after` ends the run after that epoch
     while the schedule still spans config['epochs'].
     """
-    xp = backend.xp
-    epochs, batch_size, seed = config["epochs"], config["batch_size"], config["seed"]
-    augment, refresh = config.get("augment", False), max(1, config.get("refresh_every", 20))
-    steps_per_epoch = num_batches(len(data.y_train), batch_size, drop_last=False)
-    start = start or {"epoch": 0, "step": 0, "loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+    epochs = config["epochs"]
+    steps_per_epoch = num_batches(len(data.y_train), config["batch_size"], drop_last=False)
+    start = start or {"epoch": 0, "step": 0, **_ZERO_SUMS}
     step_fn = make_step(model, optimizer, config.get("graph", True))
     history = []
     model.train()
@@ -126,64 +128,104 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
 
     stream = getattr(step_fn, "stream", None)
-    # A diverging run overflows inside NumPy; the loss check below reports it in words.
+    # A diverging run overflows inside NumPy; the loss check reports it in words.
     with _Interrupt() as interrupt, (stream if stream is not None else contextlib.nullcontext()), \
             numpy.errstate(over="ignore", invalid="ignore"):
         for epoch in range(start["epoch"], min(epochs, stop_after or epochs)):
-            first = start["step"] if epoch == start["epoch"] else 0
             resumed = epoch == start["epoch"]
-            loss_sum = xp.asarray(start["loss_sum"] if resumed else 0.0, dtype=xp.float64)
-            correct = xp.asarray(start["correct"] if resumed else 0, dtype=xp.int64)
-            seen = start["seen"] if resumed else 0
-            spent = start["seconds"] if resumed else 0.0
-            batches = iterate(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed, epoch=epoch,
-                              mean=data.mean, std=data.std, augment=augment, skip=first)
-            bar = tqdm(total=steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{epochs}", unit="batch",
-                       disable=not progress, dynamic_ncols=True, leave=False)
-            t0 = time.perf_counter()
-            for step, (xb, yb) in enumerate(batches, start=first):
-                optimizer.lr = schedule(epoch * steps_per_epoch + step)
-                loss, right = step_fn(xb, yb)
-                # Accumulate on the device right away: graph outputs are overwritten by the next replay.
-                loss_sum += loss * len(yb)
-                correct += right
-                seen += len(yb)
-                last = step + 1 == steps_per_epoch
-                if (step + 1) % refresh == 0 or last or xp is not backend.cupy_module() or interrupt.requested:
-                    value = float(loss)  # the only read-back, at bar updates on the GPU
-                    if not math.isfinite(value):
-                        bar.close()
-                        raise TrainingStopped(
-                            f"loss became {value} at epoch {epoch + 1}, step {step + 1}; stopped "
-                            f"(the last good checkpoint, if any, is kept: {save_path or 'none saved'})"
-                        )
-                    if (step + 1) % refresh == 0 or last:
-                        elapsed = spent + time.perf_counter() - t0
-                        bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}", acc=f"{int(correct) / seen:.4f}",
-                                        img_s=f"{seen / max(elapsed, 1e-9):,.0f}", refresh=False)
-                bar.update(1)
-                if interrupt.requested and not last:
-                    bar.close()
-                    checkpoint(epoch, step + 1, {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen,
-                                                 "seconds": spent + time.perf_counter() - t0})
-                    log(f"interrupted at epoch {epoch + 1}, step {step + 1}"
-                        + (f"; checkpoint saved to {save_path} (continue with --resume {save_path})" if save_path else ""))
-                    raise KeyboardInterrupt
-            backend.synchronize()
-            seconds = spent + time.perf_counter() - t0
-            bar.close()
-            test_loss, test_acc, _ = evaluate(model, data.x_test, data.y_test, data.mean, data.std, classes=len(data.classes))
+            first = start["step"] if resumed else 0
+            sums = {k: start[k] for k in _ZERO_SUMS} if resumed else dict(_ZERO_SUMS)
+            epoch_run = _Epoch(step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress)
+            batches = iterate(data.x_train, data.y_train, config["batch_size"], shuffle=True, seed=config["seed"],
+                              epoch=epoch, mean=data.mean, std=data.std, augment=config.get("augment", False),
+                              skip=first)
+            try:
+                sums = epoch_run.run(batches, first, interrupt, save_path)
+            except _StopRequested:  # after a whole step; a second Ctrl-C stops without saving
+                step, sums = epoch_run.position()
+                checkpoint(epoch, step, sums)
+                log(f"interrupted at epoch {epoch + 1}, step {step}"
+                    + (f"; checkpoint saved to {save_path} (continue with --resume {save_path})" if save_path else ""))
+                raise
+            test_loss, test_acc, _ = evaluate(model, data.x_test, data.y_test, data.mean, data.std,
+                                              classes=len(data.classes))
             row = {
-                "epoch": epoch + 1, "train_loss": float(loss_sum) / seen, "train_acc": int(correct) / seen,
-                "test_loss": test_loss, "test_acc": test_acc, "seconds": round(seconds, 3),
-                "images_per_s": round(seen / max(seconds, 1e-9), 1),
+                "epoch": epoch + 1, "train_loss": sums["loss_sum"] / sums["seen"],
+                "train_acc": sums["correct"] / sums["seen"], "test_loss": test_loss, "test_acc": test_acc,
+                "seconds": round(sums["seconds"], 3), "images_per_s": round(sums["seen"] / max(sums["seconds"], 1e-9), 1),
                 "lr": optimizer.lr,
             }
             history.append(row)
-            log(f"epoch {epoch + 1}/{epochs} - {seconds:.1f}s - loss {row['train_loss']:.4f} - acc {row['train_acc']:.4f}"
-                f" - test_loss {test_loss:.4f} - test_acc {test_acc:.4f} - {row['images_per_s']:,.0f} img/s")
+            log(f"epoch {epoch + 1}/{epochs} - {sums['seconds']:.1f}s - loss {row['train_loss']:.4f} - acc "
+                f"{row['train_acc']:.4f} - test_loss {test_loss:.4f} - test_acc {test_acc:.4f} - "
+                f"{row['images_per_s']:,.0f} img/s")
             if metrics_path:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
-            checkpoint(epoch + 1, 0, {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0})
+            checkpoint(epoch + 1, 0, dict(_ZERO_SUMS))
     return history
+
+
+# What a checkpoint keeps of an unfinished epoch, so its metrics survive a resume.
+_ZERO_SUMS = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
+
+
+class _Epoch:
+    """One epoch's steps: progress bar, running sums kept on the device, NaN check, Ctrl-C."""
+
+    def __init__(self, step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress):
+        xp = backend.xp
+        self.step_fn, self.optimizer, self.schedule = step_fn, optimizer, schedule
+        self.epoch, self.steps = epoch, steps_per_epoch
+        self.on_gpu = xp is backend.cupy_module()
+        self.refresh = max(1, config.get("refresh_every", 20))
+        # Device accumulators: adding to them needs no host sync.
+        self.loss_sum = xp.asarray(sums["loss_sum"], dtype=xp.float64)
+        self.correct = xp.asarray(sums["correct"], dtype=xp.int64)
+        self.seen, self.spent = sums["seen"], sums["seconds"]
+        self.bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config['epochs']}", unit="batch",
+                        disable=not progress, dynamic_ncols=True, leave=False)
+        self.done = 0
+        self.t0 = time.perf_counter()
+
+    def position(self):
+        """(steps done in this epoch, running sums as plain numbers)."""
+        return self.done, {"loss_sum": float(self.loss_sum), "correct": int(self.correct), "seen": self.seen,
+                           "seconds": self.spent + time.perf_counter() - self.t0}
+
+    def run(self, batches, first, interrupt, save_path):
+        self.done = first
+        self.bar.update(first)
+        try:
+            for step, (xb, yb) in enumerate(batches, start=first):
+                self.optimizer.lr = self.schedule(self.epoch * self.steps + step)
+                loss, right = self.step_fn(xb, yb)
+                # Accumulate right away: graph outputs are overwritten by the next replay.
+                self.loss_sum += loss * len(yb)
+                self.correct += right
+                self.seen += len(yb)
+                self.done = step + 1
+                last = self.done == self.steps
+                if not self.on_gpu or self.done % self.refresh == 0 or last or interrupt.requested:
+                    self._check(float(loss), save_path)  # on the GPU, the only read-back
+                if self.done % self.refresh == 0 or last:
+                    self._show()
+                self.bar.update(1)
+                if interrupt.requested and not last:
+                    raise _StopRequested
+            backend.synchronize()
+        finally:
+            self.bar.close()
+        return self.position()[1]
+
+    def _check(self, value, save_path):
+        if not math.isfinite(value):
+            raise TrainingStopped(
+                f"loss became {value} at epoch {self.epoch + 1}, step {self.done}; stopped "
+                f"(the last good checkpoint, if any, is kept: {save_path or 'none saved'})"
+            )
+
+    def _show(self):
+        elapsed = self.spent + time.perf_counter() - self.t0
+        self.bar.set_postfix(loss=f"{float(self.loss_sum) / self.seen:.4f}", acc=f"{int(self.correct) / self.seen:.4f}",
+                             img_s=f"{self.seen / max(elapsed, 1e-9):,.0f}", refresh=False)
