@@ -138,17 +138,23 @@ def cmd_train(args):
 
     config, start, ckpt = _config(args)
     config["graph"] = bool(args.graph)
-    if config["epochs"] < 1 or config["batch_size"] < 1:
-        raise GpucnnError("--epochs and --batch-size must be at least 1")
+    for flag in ("epochs", "batch_size"):
+        if config[flag] < 1:
+            raise GpucnnError(f"--{flag.replace('_', '-')} must be at least 1, got {config[flag]}")
+    if args.stop_after is not None and args.stop_after < 1:
+        raise GpucnnError(f"--stop-after must be at least 1, got {args.stop_after}")
     data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir)
     init.seed(config["seed"])
-    model = models.build(config["model"], data.x_train.shape[1:], len(data.classes))
-    steps_per_epoch = -(-len(data.y_train) // config["batch_size"])
-    optimizer = make_optimizer(config["optimizer"], model.parameters(), lr=config["lr"], momentum=config["momentum"],
-                               nesterov=config["nesterov"], weight_decay=config["weight_decay"])
-    schedule = make_schedule(config["schedule"], config["lr"], total_steps=config["epochs"] * steps_per_epoch,
-                             warmup_steps=config["warmup_steps"], step_size=config["step_size"] * steps_per_epoch,
-                             gamma=config["gamma"], min_lr=config["min_lr"])
+    try:  # a bad hyper-parameter is the user's to fix: its message, not a traceback
+        model = models.build(config["model"], data.x_train.shape[1:], len(data.classes))
+        steps_per_epoch = -(-len(data.y_train) // config["batch_size"])
+        optimizer = make_optimizer(config["optimizer"], model.parameters(), lr=config["lr"], momentum=config["momentum"],
+                                   nesterov=config["nesterov"], weight_decay=config["weight_decay"])
+        schedule = make_schedule(config["schedule"], config["lr"], total_steps=config["epochs"] * steps_per_epoch,
+                                 warmup_steps=config["warmup_steps"], step_size=config["step_size"] * steps_per_epoch,
+                                 gamma=config["gamma"], min_lr=config["min_lr"])
+    except ValueError as e:
+        raise GpucnnError(str(e)) from None
     if ckpt is not None:
         check_model_state(ckpt["model_state"], model.state_dict(), args.resume)
         model.load_state_dict(ckpt["model_state"])

@@ -201,3 +201,16 @@ def test_real_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     assert "interrupted at epoch" in out and f"--resume {ckpt}" in out
     meta = load_checkpoint(ckpt)["meta"]
     assert meta["epoch"] >= 1 and meta["config"]["epochs"] == 100000
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--lr", "-1"], "lr must be >= 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--stop-after", "0"], "--stop-after must be at least 1"),
+    (["--warmup-steps", "-3"], "warmup_steps must be >= 0"),
+    (["--dataset", "missing.npz"], "missing.npz"),
+])
+def test_bad_settings_are_named_without_traceback(args, words, capsys):
+    assert cli.main(["train", "--no-save", "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
