@@ -1,5 +1,6 @@
 """`gpucnn plot`: loss and accuracy curves from a --metrics-out JSONL file."""
 import json
+import os
 
 from gpucnn.errors import GpucnnError
 
@@ -44,7 +45,7 @@ def plot(metrics_path, out_path):
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(str(metrics_path))
+    fig.suptitle(os.path.basename(str(metrics_path)))
     fig.tight_layout()
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
