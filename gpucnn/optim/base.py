@@ -58,6 +58,8 @@ class Optimizer:
     @lr.setter
     def lr(self, value):
         _check_nonnegative(type(self).__name__, "lr", value)
+        if float(value) == self._lr_host:
+            return  # the trainer sets lr every step; an unchanged value costs no device write
         self._lr_host = float(value)
         self._lr[...] = self._lr_host  # in place: a captured graph reads this very array
 
