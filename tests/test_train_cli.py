@@ -214,3 +214,36 @@ def test_bad_settings_are_named_without_traceback(args, words, capsys):
     assert cli.main(["train", "--no-save", "--no-progress", *args]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+def test_check_command_fails_on_a_wrong_backward(monkeypatch, capsys):
+    """`gpucnn check` can fail: a ReLU whose backward forgets the mask is caught, exit status 1."""
+    from gpucnn import check
+    from gpucnn.layers import ReLU
+
+    class BrokenReLU(ReLU):
+        def backward(self, dy):
+            super().backward(dy)
+            return dy  # forgets to zero the gradient where x < 0
+
+    real_cases = check.cases
+    monkeypatch.setattr(check, "cases", lambda rng: [("BrokenReLU", BrokenReLU(dtype=numpy.float64),
+                                                      rng.standard_normal((2, 3)))] + real_cases(rng)[:1])
+    assert cli.main(["check"]) == 1
+    out = capsys.readouterr().out
+    assert "BrokenReLU" in out and "FAIL" in out and "FAILED" in out
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5}) + "\n")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    assert cli.main(["plot", str(metrics), "-o", str(tmp_path / "c.png")]) == 2
+    assert "pip install 'gpucnn[plot]'" in capsys.readouterr().err
+
+
+def test_plot_rejects_a_file_that_is_not_metrics(tmp_path, capsys):
+    bad = tmp_path / "m.jsonl"
+    bad.write_text("{not json\n")
+    assert cli.main(["plot", str(bad)]) == 2
+    assert "line 1: not a JSON object" in capsys.readouterr().err
