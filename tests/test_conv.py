@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 from gpucnn.gradcheck import check_layer
-from gpucnn.layers import Conv2d
+from gpucnn.layers import Conv2d, conv
 from gpucnn.layers.im2col import col2im, im2col
 
 from helpers import close, cupy_matches_numpy, matches_torch, passes_gradient_check
@@ -104,6 +104,82 @@ def test_outputs_are_fresh_and_grads_overwritten(rng):
     dx2, g2 = layer.backward(dy), layer.grads["weight"]
     numpy.testing.assert_array_equal(dx1, dx2)
     numpy.testing.assert_array_equal(g1, g2)  # overwritten, not accumulated
+
+
+# --- over COLS_BUDGET_BYTES: chunks of whole samples, cols rebuilt in backward --------------
+
+# (case, samples whose cols fit the budget, the chunk sizes that gives). Batch 5: chunks of
+# 2, 2, 1. Batch 23: 12 and 11 (near-equal), the first cut into NumPy sample groups (LeNet's
+# first conv: 9 samples' columns at most per group).
+CHUNKED = [
+    ((3, 5, 3, 1, 1, (5, 7, 5), True), 2, [2, 2, 1]),
+    ((2, 7, 2, 2, 0, (5, 7, 5), False), 2, [2, 2, 1]),
+    ((2, 2, (3, 2), (2, 1), (1, 0), (5, 7, 5), True), 2, [2, 2, 1]),
+    ((1, 6, 5, 1, 0, (23, 28, 28), True), 12, [12, 11]),
+]
+
+
+def chunk_ids(param):
+    case, fit, _ = param
+    return f"{ids(case)}-fit{fit}"
+
+
+def budget_for(layer, x, samples):
+    """A COLS_BUDGET_BYTES that fits exactly `samples` samples' cols of x."""
+    return samples * im2col(x[:1], *geometry(layer)).nbytes
+
+
+def ran_in_chunks(layer):
+    """The last forward kept no cols (Conv2d saves (x_shape, x, cols, y, chunk))."""
+    return layer.saved()[2] is None
+
+
+@pytest.mark.parametrize("param", CHUNKED[:3], ids=chunk_ids)
+def test_chunked_gradient_check_float64(param, rng, monkeypatch):
+    case, fit, _ = param
+    layer, x = make(case, rng, F64)
+    monkeypatch.setattr(conv, "COLS_BUDGET_BYTES", budget_for(layer, x, fit))
+    passes_gradient_check(layer, x)
+    assert ran_in_chunks(layer)
+
+
+@pytest.mark.parametrize("param", CHUNKED, ids=chunk_ids)
+def test_chunked_equals_unchunked(param, rng, monkeypatch):
+    case, fit, chunk_sizes = param
+    layer, x = make(case, rng, F64)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx, grads = layer.backward(dy), {k: v.copy() for k, v in layer.grads.items()}
+
+    sizes = []  # the batch size of every im2col call
+    monkeypatch.setattr(conv, "im2col", lambda x, *g: sizes.append(len(x)) or im2col(x, *g))
+    monkeypatch.setattr(conv, "COLS_BUDGET_BYTES", budget_for(layer, x, fit))
+    tight = dict(rtol=1e-12, atol=1e-12)
+    numpy.testing.assert_allclose(layer.forward(x), y, **tight)
+    numpy.testing.assert_allclose(layer.backward(dy), dx, **tight)
+    assert sizes == chunk_sizes * 2  # forward, then backward rebuilding each chunk's cols
+    assert set(layer.grads) == set(grads)
+    for name in grads:
+        numpy.testing.assert_allclose(layer.grads[name], grads[name], **tight)
+    for name in grads:
+        layer.grads[name] = None
+    assert layer.backward(dy, input_grad=False) is None
+    for name in grads:
+        numpy.testing.assert_allclose(layer.grads[name], grads[name], **tight)
+
+
+def test_chunked_keeps_only_the_input(rng, monkeypatch):
+    layer, x = make(CHUNKED[0][0], rng, F64)
+    cols_bytes = im2col(x, *geometry(layer)).nbytes
+    y = layer.forward(x)
+    kept = [a for a in layer.saved() if isinstance(a, numpy.ndarray)]
+    assert sum(a.nbytes for a in kept) == cols_bytes + y.nbytes  # within budget: cols kept, as before
+
+    monkeypatch.setattr(conv, "COLS_BUDGET_BYTES", budget_for(layer, x, 2))
+    y = layer.forward(x)
+    kept = [a for a in layer.saved() if isinstance(a, numpy.ndarray)]
+    assert any(a is x for a in kept)  # x itself, not a copy
+    assert sum(a.nbytes for a in kept) == x.nbytes + y.nbytes  # and the output it returned
 
 
 # --- errors name the layer ------------------------------------------------------------------
@@ -241,6 +317,19 @@ def test_gradient_check_float64_cupy(case, rng):
     layer, x = make(case, rng, F64)
     errors = check_layer(to_cupy(layer, cupy), cupy.asarray(x))
     assert max(errors.values()) < 1e-6, errors
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("param", CHUNKED, ids=chunk_ids)
+def test_chunked_cupy_matches_numpy(param, rng, monkeypatch):
+    cupy = pytest.importorskip("cupy")
+    case, fit, _ = param
+    layer, x = make(case, rng, F32)
+    twin = to_cupy(layer, cupy)
+    # Sized on CuPy's cols, which have no junk columns: NumPy's chunks are then as small or smaller.
+    monkeypatch.setattr(conv, "COLS_BUDGET_BYTES", budget_for(layer, cupy.asarray(x), fit))
+    cupy_matches_numpy(layer, twin, x, rng, cupy)
+    assert ran_in_chunks(layer) and ran_in_chunks(twin)
 
 
 @pytest.mark.gpu

@@ -10,12 +10,24 @@ With cols = im2col(X) of shape (K, N*Ho*Wo), K = C_in*kh*kw, and W_mat = W.resha
               dcols = W_mat^T @ dY_mat, and col2im adds each dcols entry back onto the
               input pixel it was copied from: dX[n,c,h,w] = sum of dcols over every
               (o, p, q, i, j) with h = i*sh + p - ph and w = j*sw + q - pw.
+
+Every sample's columns are independent, so the same formulas hold on any batch of whole
+samples: over a batch too big for COLS_BUDGET_BYTES, forward and backward run chunk by
+chunk, with dW and db summed over the chunks.
 """
 import numpy
 
 from gpucnn import backend, gemm, init
 from gpucnn.layers.base import Layer
-from gpucnn.layers.im2col import col2im, im2col, out_size
+from gpucnn.layers.im2col import col2im, cols_width, im2col, out_size
+
+# The most bytes one forward keeps as cols for backward. Below it, cols is kept (no recompute:
+# small nets such as LeNet lose no speed). Above it (vgg_bn at batch 256: 604 MB for one
+# conv3x3 64->64), the batch runs in chunks of whole samples whose cols fit the budget and
+# only x is kept; backward rebuilds each chunk's cols. What a conv keeps is then about what
+# PyTorch keeps (its input), and cols (and dcols in backward) never exceed the budget, or one
+# sample's cols where that alone is larger. A module constant so tests can shrink it.
+COLS_BUDGET_BYTES = 96 << 20  # LeNet at batch 1024 (69 MB of cols) still fits
 
 # OpenBLAS runs a product with a tiny result (6x25 for LeNet's first conv) but a long inner
 # dimension (N*Ho*W ~ 86k) about 3x slower than the same work cut into pieces of a few
@@ -94,11 +106,28 @@ class Conv2d(Layer):
                 f"Conv2d: input of spatial size {h}x{w} with padding {self.padding} is smaller "
                 f"than the kernel {self.kernel_size}"
             )
-        weight = self.params["weight"]
-        o = self.out_channels
-        cols = im2col(x, *self._geometry())  # (K, N, Ho, Wc); Wc may exceed Wo, see im2col.py
+        kh, kw = self.kernel_size
+        wc = cols_width(x, kw, self.stride[1], self.padding[1])
+        sample_bytes = self.in_channels * kh * kw * ho * wc * self.dtype.itemsize
+        fit = max(1, COLS_BUDGET_BYTES // sample_bytes)  # samples whose cols fit the budget
+        chunks = -(-n // fit)  # ceil: as few chunks as the budget allows,
+        chunk = -(-n // chunks)  # of near-equal size (no small last chunk); chunk <= fit
+        y = xp.empty((n, self.out_channels, ho, wo), dtype=self.dtype)
+        if chunk >= n:  # cols fits the budget: keep it
+            self.save(tuple(x.shape), None, self._forward_chunk(x, y), y, chunk)
+        else:
+            for s in range(0, n, chunk):
+                self._forward_chunk(x[s : s + chunk], y[s : s + chunk])
+            self.save(tuple(x.shape), x, None, y, chunk)
+        return y
+
+    def _forward_chunk(self, x, y):
+        """Write the convolution of x (whole samples) into y, its slice of the output; return cols."""
+        xp = backend.get_array_module(x)
+        n, o, ho, wo = y.shape
+        cols = im2col(x, *self._geometry())  # (K, n, Ho, Wc); Wc may exceed Wo, see im2col.py
         wc = cols.shape[3]
-        w_mat = weight.reshape(o, -1)
+        w_mat = self.params["weight"].reshape(o, -1)
         cols_mat = cols.reshape(cols.shape[0], -1)
         groups = _groups(xp, n, ho * wc)
         if groups == 1:
@@ -109,41 +138,63 @@ class Conv2d(Layer):
         if "bias" in self.params:
             # Here, not on y: C_out long rows make a far faster NumPy add than N*C_out short ones.
             y_mat += self.params["bias"].reshape(o, 1)
-        # (C_out, N, Ho, Wc) -> NCHW: one strided copy.
-        y = xp.empty((n, o, ho, wo), dtype=self.dtype)
+        # (C_out, n, Ho, Wc) -> NCHW: one strided copy.
         y[...] = y_mat.reshape(o, n, ho, wc)[..., :wo].transpose(1, 0, 2, 3)
-        self.save(tuple(x.shape), cols, y, groups)
-        return y
+        return cols
 
     def backward(self, dy, input_grad=True):
-        """dW = dY_mat @ cols^T, db = sum dY, dX = col2im(W_mat^T @ dY_mat).
+        """dW = dY_mat @ cols^T, db = sum dY, dX = col2im(W_mat^T @ dY_mat), chunk by chunk
+        (one chunk, with the cols forward kept, when they fit COLS_BUDGET_BYTES).
 
         input_grad=False skips dX (returns None): a net's first layer has no use for it.
         """
-        x_shape, cols, y, groups = self.saved()
+        x_shape, x, cols, y, chunk = self.saved()
         self.check_grad(dy, y)
         xp = backend.get_array_module(dy)
-        o, n = self.out_channels, x_shape[0]
-        k, _, ho, wc = cols.shape
-        wo = y.shape[3]
-        weight = self.params["weight"]
-        # dY in cols' column order (C_out, N, Ho, Wc). Junk columns (Wc > Wo) must be zero:
+        if cols is not None:  # kept by forward: one chunk
+            dw_t, db, dx = self._backward_chunk(cols, dy, x_shape, input_grad)
+        else:
+            dx = xp.empty(x_shape, dtype=self.dtype) if input_grad else None
+            for s in range(0, x_shape[0], chunk):
+                x_part = x[s : s + chunk]
+                dw_part, db_part, dx_part = self._backward_chunk(
+                    im2col(x_part, *self._geometry()), dy[s : s + chunk], x_part.shape, input_grad)
+                if s == 0:
+                    dw_t, db = dw_part, db_part
+                else:
+                    dw_t += dw_part
+                    if db is not None:
+                        db += db_part
+                if input_grad:
+                    dx[s : s + chunk] = dx_part
+        self.grads["weight"] = xp.ascontiguousarray(dw_t.T).reshape(self.params["weight"].shape)
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+    def _backward_chunk(self, cols, dy, x_shape, input_grad):
+        """dW^T (K, C_out), db (None without bias) and dX (None unless input_grad) of one chunk."""
+        xp = backend.get_array_module(dy)
+        o = self.out_channels
+        k, n, ho, wc = cols.shape
+        wo = dy.shape[3]
+        # dY in cols' column order (C_out, n, Ho, Wc). Junk columns (Wc > Wo) must be zero:
         # then they add nothing to dW and leave zeros in dcols, as col2im requires.
         dy_mat = (xp.zeros if wc > wo else xp.empty)((o, n, ho, wc), dtype=self.dtype)
         dy_mat[..., :wo] = dy.transpose(1, 0, 2, 3)
         dy_mat = dy_mat.reshape(o, -1)
         cols_mat = cols.reshape(k, -1)
+        db = None
         if "bias" in self.params:
             # sum over columns as a matrix-vector product: BLAS does it ~4x faster than .sum(axis=1)
-            self.grads["bias"] = gemm.matmul(dy_mat, xp.ones((dy_mat.shape[1], 1), dtype=self.dtype)).reshape(o)
+            db = gemm.matmul(dy_mat, xp.ones((dy_mat.shape[1], 1), dtype=self.dtype)).reshape(o)
         # dW^T = cols @ dY^T (the faster orientation for OpenBLAS), summed over sample groups.
+        groups = _groups(xp, n, ho * wc)
         if groups == 1:
             dw_t = gemm.matmul(cols_mat, dy_mat, trans_b=True)
         else:
             dw_t = xp.matmul(_split(cols_mat, groups), _split(dy_mat, groups).transpose(0, 2, 1)).sum(axis=0)
-        self.grads["weight"] = xp.ascontiguousarray(dw_t.T).reshape(weight.shape)
         if not input_grad:
-            return None
-        dcols = gemm.matmul(weight.reshape(o, k), dy_mat, trans_a=True)
-        return col2im(dcols.reshape(k, n, ho, wc), x_shape, *self._geometry())
-
+            return dw_t, db, None
+        dcols = gemm.matmul(self.params["weight"].reshape(o, k), dy_mat, trans_a=True)
+        return dw_t, db, col2im(dcols.reshape(k, n, ho, wc), x_shape, *self._geometry())

@@ -26,6 +26,12 @@ def out_size(size, k, s, p):
     return (size + 2 * p - k) // s + 1
 
 
+def cols_width(x, kw, sw, pw):
+    """Wc of im2col(x, ...)'s (K, N, Ho, Wc) result, known before building it."""
+    row_flat = sw == 1 and not backend.is_cupy_array(x)
+    return x.shape[3] + 2 * pw if row_flat else out_size(x.shape[3], kw, sw, pw)
+
+
 def im2col(x, kh, kw, sh, sw, ph, pw):
     """(N, C, H, W) -> cols (C*kh*kw, N, Ho, Wc); see the module docstring for Wc."""
     if backend.is_cupy_array(x):
@@ -50,8 +56,7 @@ def col2im(cols, x_shape, kh, kw, sh, sw, ph, pw):
 def _im2col_numpy(x, kh, kw, sh, sw, ph, pw):
     n, c, h, w = x.shape
     hp, wp = h + 2 * ph, w + 2 * pw
-    ho, wo = out_size(h, kh, sh, ph), out_size(w, kw, sw, pw)
-    wc = wp if sw == 1 else wo
+    ho, wc = out_size(h, kh, sh, ph), cols_width(x, kw, sw, pw)
     # Padded copy of x in a flat buffer with a short zero tail: the junk columns of the very
     # last row read up to kw - 1 elements past the image (they read the next row elsewhere).
     flat = numpy.zeros(n * c * hp * wp + kw, x.dtype)
