@@ -5,48 +5,83 @@
 #define scalar_t float
 #endif
 
+// Index width. Every thread splits its flat index into coordinates with a few divisions by
+// runtime values. GPUs have no integer divider: a 32-bit unsigned division is a short
+// float-reciprocal sequence, a 64-bit one a much longer emulation (nvcc adds a run-time
+// "both fit in 32 bits?" test and branch to each). So the per-element arithmetic runs in
+// `unsigned` whenever every index of the launch fits, and in `unsigned long long` only for
+// arrays past 2^32 - 1 elements. Unsigned because all of these values are >= 0, and signed
+// division costs extra instructions for the sign handling.
+// (A copy of this helper is in each .cu file: NVRTC compiles each one alone, without includes.)
+//
+// True when a grid-stride loop over `total` elements and every offset into an array of at
+// most `largest` elements fit in 32 bits. The loop counter reaches total - 1 + step before
+// the loop test stops it, hence total + step. Depends only on kernel arguments and the
+// launch shape, so every thread of the grid takes the same branch.
+__device__ inline bool index32_ok(long long total, long long largest)
+{
+    const long long limit = 0xffffffffLL;
+    const long long step = (long long)blockDim.x * gridDim.x;
+    return total + step <= limit && largest <= limit;
+}
+
 // cols[k][n][i][j] with k = (c*kh + p)*kw + q, PyTorch's weight order, so that
 // W.reshape(C_out, K) @ cols.reshape(K, N*Ho*Wo) is the convolution.
-// One thread per cols element, in a grid-stride loop with 64-bit indices so any array size
-// works with any grid. Consecutive threads take consecutive j, so the writes coalesce and
-// the reads of x (stride sw) stay close together. Padding reads as zero.
-extern "C" __global__ void im2col(
-    const scalar_t* __restrict__ x, scalar_t* __restrict__ cols, long long total,
+// One thread per cols element, in a grid-stride loop so any array size works with any grid.
+// Consecutive threads take consecutive j, so the writes coalesce and the reads of x
+// (stride sw) stay close together. Padding reads as zero.
+template <typename index_t>
+__device__ void im2col_loop(
+    const scalar_t* __restrict__ x, scalar_t* __restrict__ cols, index_t total,
     int N, int C, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw, int ph, int pw)
 {
-    const long long step = (long long)blockDim.x * gridDim.x;
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const index_t step = (index_t)blockDim.x * (index_t)gridDim.x;
+    for (index_t e = (index_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
         const int j = (int)(e % Wo);
-        long long t = e / Wo;
+        index_t t = e / Wo;
         const int i = (int)(t % Ho);
         t /= Ho;
         const int n = (int)(t % N);
-        const long long k = t / N;  // (c*kh + p)*kw + q
+        const index_t k = t / N;  // (c*kh + p)*kw + q
         const int q = (int)(k % kw);
-        const int p = (int)((k / kw) % kh);
-        const long long c = k / ((long long)kw * kh);
+        const index_t cp = k / kw;  // c*kh + p
+        const int p = (int)(cp % kh);
+        const index_t c = cp / kh;
         const int h = i * sh - ph + p;
         const int w = j * sw - pw + q;
         scalar_t v = 0;
         if (h >= 0 && h < H && w >= 0 && w < W)
-            v = x[(((long long)n * C + c) * H + h) * W + w];
+            v = x[(((index_t)n * C + c) * H + h) * W + w];
         cols[e] = v;
     }
+}
+
+extern "C" __global__ void im2col(
+    const scalar_t* __restrict__ x, scalar_t* __restrict__ cols, long long total,
+    int N, int C, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw, int ph, int pw)
+{
+    // cols has `total` elements; x, N*C*H*W (more than cols when the stride skips pixels).
+    if (index32_ok(total, (long long)N * C * H * W))
+        im2col_loop<unsigned>(x, cols, (unsigned)total, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw);
+    else
+        im2col_loop<unsigned long long>(x, cols, (unsigned long long)total,
+                                        N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw);
 }
 
 // col2im as a GATHER: one thread per input pixel (n, c, h, w) sums the cols entries copied
 // from it, i.e. every (p, q) with h + ph - p = i*sh and w + pw - q = j*sw for an output
 // pixel (i, j) inside the output. Each dx element is written by exactly one thread: no
 // atomics, no memset first, and a fixed summation order (deterministic results).
-extern "C" __global__ void col2im(
-    const scalar_t* __restrict__ cols, scalar_t* __restrict__ dx, long long total,
+template <typename index_t>
+__device__ void col2im_loop(
+    const scalar_t* __restrict__ cols, scalar_t* __restrict__ dx, index_t total,
     int N, int C, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw, int ph, int pw)
 {
-    const long long plane = (long long)Ho * Wo;  // one (k, n) block of cols
-    const long long step = (long long)blockDim.x * gridDim.x;
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
+    const index_t plane = (index_t)Ho * Wo;  // one (k, n) block of cols
+    const index_t step = (index_t)blockDim.x * (index_t)gridDim.x;
+    for (index_t e = (index_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += step) {
         const int w = (int)(e % W);
-        long long t = e / W;
+        index_t t = e / W;
         const int h = (int)(t % H);
         t /= H;
         const int c = (int)(t % C);
@@ -59,10 +94,22 @@ extern "C" __global__ void col2im(
             for (int q = 0; q < kw; ++q) {
                 const int ws = w + pw - q;
                 if (ws < 0 || ws % sw != 0 || ws / sw >= Wo) continue;
-                const long long k = ((long long)c * kh + p) * kw + q;
-                sum += cols[(k * N + n) * plane + (long long)i * Wo + ws / sw];
+                const index_t k = ((index_t)c * kh + p) * kw + q;
+                sum += cols[(k * N + n) * plane + (index_t)i * Wo + ws / sw];
             }
         }
         dx[e] = sum;
     }
+}
+
+extern "C" __global__ void col2im(
+    const scalar_t* __restrict__ cols, scalar_t* __restrict__ dx, long long total,
+    int N, int C, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw, int ph, int pw)
+{
+    // dx has `total` elements; cols, C*kh*kw * N*Ho*Wo.
+    if (index32_ok(total, (long long)C * kh * kw * N * Ho * Wo))
+        col2im_loop<unsigned>(cols, dx, (unsigned)total, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw);
+    else
+        col2im_loop<unsigned long long>(cols, dx, (unsigned long long)total,
+                                        N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw);
 }

@@ -4,20 +4,42 @@
 #define scalar_t float
 #endif
 
-// Forward: one thread per output element, in a grid-stride loop with 64-bit indices so any
-// array size works with any grid. Writes the window's max and the flat index (h*W + w
-// inside its (H, W) plane) of its FIRST maximum in row-major order, as PyTorch does:
-// the comparison is strict, so a later equal value never replaces an earlier one.
-// The running max starts from the window's first element, not from a sentinel value.
-extern "C" __global__ void maxpool2d_forward(
-    const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
-    long long total, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw)
+// Index width. Every thread splits its flat index into coordinates with a few divisions by
+// runtime values. GPUs have no integer divider: a 32-bit unsigned division is a short
+// float-reciprocal sequence, a 64-bit one a much longer emulation (nvcc adds a run-time
+// "both fit in 32 bits?" test and branch to each). So the per-element arithmetic runs in
+// `unsigned` whenever every index of the launch fits, and in `unsigned long long` only for
+// arrays past 2^32 - 1 elements. Unsigned because all of these values are >= 0, and signed
+// division costs extra instructions for the sign handling.
+// (A copy of this helper is in each .cu file: NVRTC compiles each one alone, without includes.)
+//
+// True when a grid-stride loop over `total` elements and every offset into an array of at
+// most `largest` elements fit in 32 bits. The loop counter reaches total - 1 + step before
+// the loop test stops it, hence total + step. Depends only on kernel arguments and the
+// launch shape, so every thread of the grid takes the same branch.
+__device__ inline bool index32_ok(long long total, long long largest)
 {
+    const long long limit = 0xffffffffLL;
     const long long step = (long long)blockDim.x * gridDim.x;
-    for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < total; o += step) {
-        const int wo = (int)(o % Wo);
-        const int ho = (int)((o / Wo) % Ho);
-        const long long plane = o / ((long long)Ho * Wo);  // n * C + c
+    return total + step <= limit && largest <= limit;
+}
+
+// Forward: one thread per output element, in a grid-stride loop so any array size works
+// with any grid. Writes the window's max and the flat index (h*W + w inside its (H, W)
+// plane) of its FIRST maximum in row-major order, as PyTorch does: the comparison is
+// strict, so a later equal value never replaces an earlier one. The running max starts
+// from the window's first element, not from a sentinel value.
+template <typename index_t>
+__device__ void maxpool2d_forward_loop(
+    const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
+    index_t total, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw)
+{
+    const index_t step = (index_t)blockDim.x * (index_t)gridDim.x;
+    for (index_t o = (index_t)blockIdx.x * blockDim.x + threadIdx.x; o < total; o += step) {
+        const index_t t = o / Wo;
+        const int wo = (int)(o - t * Wo);
+        const int ho = (int)(t % Ho);
+        const index_t plane = t / Ho;  // n * C + c
         const scalar_t* xp = x + plane * H * W;
         const int h0 = ho * sh, w0 = wo * sw;
         int best_at = h0 * W + w0;
@@ -37,20 +59,36 @@ extern "C" __global__ void maxpool2d_forward(
     }
 }
 
+extern "C" __global__ void maxpool2d_forward(
+    const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
+    long long total, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw)
+{
+    // y has `total` elements; x, as many (H, W) planes as y has (Ho, Wo) ones.
+    const long long planes = total > 0 ? total / ((long long)Ho * Wo) : 0;  // no division by 0
+    const long long x_size = planes * H * W;
+    if (index32_ok(total, x_size))
+        maxpool2d_forward_loop<unsigned>(x, y, argmax, (unsigned)total, H, W, Ho, Wo, kh, kw, sh, sw);
+    else
+        maxpool2d_forward_loop<unsigned long long>(x, y, argmax, (unsigned long long)total,
+                                                   H, W, Ho, Wo, kh, kw, sh, sw);
+}
+
 // Backward as a gather rather than a scatter: one thread per INPUT element visits the few
 // windows that contain it and sums dy over those whose argmax is this element. Each dx is
 // written by exactly one thread, so no atomics are needed, overlapping windows (kh > sh)
 // accumulate correctly, the sum order is fixed (deterministic), and elements in no window
 // get 0 without a separate memset.
-extern "C" __global__ void maxpool2d_backward(
+template <typename index_t>
+__device__ void maxpool2d_backward_loop(
     const scalar_t* __restrict__ dy, const int* __restrict__ argmax, scalar_t* __restrict__ dx,
-    long long total, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw)
+    index_t total, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw)
 {
-    const long long step = (long long)blockDim.x * gridDim.x;
-    for (long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x; p < total; p += step) {
-        const int w = (int)(p % W);
-        const int h = (int)((p / W) % H);
-        const long long plane = p / ((long long)H * W);
+    const index_t step = (index_t)blockDim.x * (index_t)gridDim.x;
+    for (index_t p = (index_t)blockIdx.x * blockDim.x + threadIdx.x; p < total; p += step) {
+        const index_t t = p / W;
+        const int w = (int)(p - t * W);
+        const int h = (int)(t % H);
+        const index_t plane = t / H;
         const int me = h * W + w;
         // Window ho covers rows ho*sh .. ho*sh + kh - 1; it holds h iff
         // ceil((h - kh + 1) / sh) <= ho <= floor(h / sh), clipped to [0, Ho - 1].
@@ -58,14 +96,28 @@ extern "C" __global__ void maxpool2d_backward(
         const int wo_lo = w < kw ? 0 : (w - kw) / sw + 1;
         const int ho_hi = h / sh < Ho - 1 ? h / sh : Ho - 1;
         const int wo_hi = w / sw < Wo - 1 ? w / sw : Wo - 1;
-        const long long base = plane * Ho * Wo;
+        const index_t base = plane * Ho * Wo;
         scalar_t sum = 0;
         for (int ho = ho_lo; ho <= ho_hi; ++ho) {
             for (int wo = wo_lo; wo <= wo_hi; ++wo) {
-                const long long o = base + (long long)ho * Wo + wo;
+                const index_t o = base + (index_t)ho * Wo + wo;
                 if (argmax[o] == me) sum += dy[o];
             }
         }
         dx[p] = sum;
     }
+}
+
+extern "C" __global__ void maxpool2d_backward(
+    const scalar_t* __restrict__ dy, const int* __restrict__ argmax, scalar_t* __restrict__ dx,
+    long long total, int H, int W, int Ho, int Wo, int kh, int kw, int sh, int sw)
+{
+    // dx has `total` elements; dy and argmax, as many (Ho, Wo) planes as dx has (H, W) ones.
+    const long long planes = total > 0 ? total / ((long long)H * W) : 0;  // no division by 0
+    const long long dy_size = planes * Ho * Wo;
+    if (index32_ok(total, dy_size))
+        maxpool2d_backward_loop<unsigned>(dy, argmax, dx, (unsigned)total, H, W, Ho, Wo, kh, kw, sh, sw);
+    else
+        maxpool2d_backward_loop<unsigned long long>(dy, argmax, dx, (unsigned long long)total,
+                                                    H, W, Ho, Wo, kh, kw, sh, sw);
 }
