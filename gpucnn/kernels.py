@@ -5,6 +5,7 @@ Every kernel is written once over `scalar_t`; it is compiled with -Dscalar_t=flo
 """
 import functools
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -39,14 +40,34 @@ def _scalar_t(dtype):
         raise KernelError(f"CUDA kernels are built for float32 and float64, not {numpy.dtype(dtype)}") from None
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "([^"/]+\.cuh)".*$', re.M)
+
+
+def source_text(filename):
+    """The source of kernels/`filename` with its local #include "x.cuh" lines inlined.
+
+    Inlined here rather than found through an include path, so CuPy's compile cache
+    (keyed on the source text) sees a change to a shared header too.
+    """
+    path = kernel_dir() / filename
+    if not path.is_file():
+        raise KernelError(f"kernel source {path} does not exist")
+
+    def inline(match):
+        header = path.parent / match.group(1)
+        if not header.is_file():
+            raise KernelError(f"{filename} includes {match.group(1)}, which does not exist")
+        return header.read_text()
+
+    return _LOCAL_INCLUDE.sub(inline, path.read_text())
+
+
 @functools.lru_cache(maxsize=None)
 def _module(filename, scalar_t):
     import cupy
 
     path = kernel_dir() / filename
-    if not path.is_file():
-        raise KernelError(f"kernel source {path} does not exist")
-    module = cupy.RawModule(code=path.read_text(), options=("-std=c++17", f"-Dscalar_t={scalar_t}"))
+    module = cupy.RawModule(code=source_text(filename), options=("-std=c++17", f"-Dscalar_t={scalar_t}"))
     try:
         module.compile()
     except Exception as e:  # CuPy raises CompileException with NVRTC's log
@@ -73,6 +94,8 @@ def nvcc_check(path, scalar_t="float", arch="sm_90"):
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         return None
-    cmd = [nvcc, "-std=c++17", f"-arch={arch}", "-cubin", f"-Dscalar_t={scalar_t}", "-o", "/dev/null", str(path)]
+    path = pathlib.Path(path)
+    cmd = [nvcc, "-std=c++17", f"-arch={arch}", "-cubin", f"-Dscalar_t={scalar_t}", f"-I{path.parent}",
+           "-o", "/dev/null", str(path)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     return proc.returncode == 0, proc.stdout + proc.stderr

@@ -47,3 +47,16 @@ def test_kernels_ship_with_the_package():
         assert found == package.parent / "kernels"
     else:
         assert found == package / "_kernels"
+
+
+def test_shared_header_is_inlined_for_nvrtc():
+    """NVRTC gets one self-contained source: the local header's text, no #include left."""
+    text = kernels.source_text("im2col.cu")
+    assert '#include "' not in text and "bool index32_ok(" in text
+
+
+def test_missing_header_is_named(tmp_path, monkeypatch):
+    (tmp_path / "k.cu").write_text('#include "nowhere.cuh"\n')
+    monkeypatch.setattr(kernels, "kernel_dir", lambda: tmp_path)
+    with pytest.raises(kernels.KernelError, match="k.cu includes nowhere.cuh"):
+        kernels.source_text("k.cu")
