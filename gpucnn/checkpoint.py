@@ -25,6 +25,12 @@ _JSON_ENTRY = "__checkpoint__"
 _ARRAY, _TUPLE = "__array__", "__tuple__"
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class CheckpointError(GpucnnError, ValueError):
     """A checkpoint cannot be read or does not fit; the message names the file and the problem."""
 
@@ -55,6 +61,7 @@ def save_checkpoint(path, *, model_state, optim_state=None, meta=None):
             numpy.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s usual mode
         os.replace(tmp, path)
     except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
         with contextlib.suppress(OSError):

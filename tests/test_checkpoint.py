@@ -303,3 +303,13 @@ def test_check_model_state_clips_long_lists():
     many = {f"{i}.weight": numpy.zeros(1) for i in range(20)}
     with pytest.raises(CheckpointError, match=r"\.\.\. \(12 more\)"):
         check_model_state({}, many)
+
+
+def test_checkpoint_gets_the_usual_file_mode(tmp_path):
+    mask = os.umask(0o022)
+    try:
+        path = tmp_path / "c.ckpt"
+        save_checkpoint(path, model_state={"0.weight": numpy.zeros(2)})
+        assert (path.stat().st_mode & 0o777) == 0o644
+    finally:
+        os.umask(mask)
