@@ -50,6 +50,16 @@ class Layer:
             raise ValueError(f"{type(self).__name__}: backward called before forward")
         return self._saved
 
+    def int_pair(self, v, what, low=1):
+        """(h, w) from an int or a pair of ints, each >= low (PyTorch's kernel_size/stride/padding)."""
+        pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+        if len(pair) != 2 or not all(
+            isinstance(p, (int, numpy.integer)) and not isinstance(p, bool) and p >= low for p in pair
+        ):
+            kind = "positive" if low >= 1 else "non-negative"
+            raise ValueError(f"{type(self).__name__}: {what} must be a {kind} int or a pair of them, got {v!r}")
+        return int(pair[0]), int(pair[1])
+
     # --- input checks: a clear ValueError instead of a traceback from deep in NumPy --
     def check_input(self, x, ndim, channels=None, what="input"):
         name = type(self).__name__

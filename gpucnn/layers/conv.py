@@ -37,16 +37,6 @@ COLS_BUDGET_BYTES = 96 << 20  # LeNet at batch 1024 (69 MB of cols) still fits
 _GROUP_COLUMNS = 6144
 
 
-def _pair(v, what, low):
-    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(pair) != 2 or not all(
-        isinstance(p, (int, numpy.integer)) and not isinstance(p, bool) and p >= low for p in pair
-    ):
-        kind = "positive" if low >= 1 else "non-negative"
-        raise ValueError(f"Conv2d: {what} must be a {kind} int or a pair of them, got {v!r}")
-    return int(pair[0]), int(pair[1])
-
-
 def _groups(xp, n, columns_per_sample):
     """How many groups of whole samples to cut the N*L columns into (1 on CuPy)."""
     if xp is not numpy or n <= 1:
@@ -70,9 +60,9 @@ class Conv2d(Layer):
             if not isinstance(v, (int, numpy.integer)) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"Conv2d: {what} must be a positive int, got {v!r}")
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
+        self.kernel_size = self.int_pair(kernel_size, "kernel_size")
+        self.stride = self.int_pair(stride, "stride")
+        self.padding = self.int_pair(padding, "padding", low=0)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
         self.params["weight"] = init.uniform_fan_in((out_channels, in_channels, kh, kw), fan_in, self.dtype)

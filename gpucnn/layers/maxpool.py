@@ -16,19 +16,11 @@ from gpucnn.layers.base import Layer
 _THREADS = 256
 
 
-def _pair(v, what):
-    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(pair) != 2 or not all(isinstance(p, (int, numpy.integer)) and not isinstance(p, bool) and p >= 1
-                                 for p in pair):
-        raise ValueError(f"MaxPool2d: {what} must be a positive int or a pair of them, got {v!r}")
-    return int(pair[0]), int(pair[1])
-
-
 class MaxPool2d(Layer):
     def __init__(self, kernel_size, stride=None, dtype=None):
         super().__init__(dtype)
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.stride = _pair(kernel_size if stride is None else stride, "stride")
+        self.kernel_size = self.int_pair(kernel_size, "kernel_size")
+        self.stride = self.int_pair(kernel_size if stride is None else stride, "stride")
 
     def extra_repr(self):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
