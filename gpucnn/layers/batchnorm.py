@@ -54,26 +54,19 @@ class BatchNorm2d(Layer):
     def extra_repr(self):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
 
-    @property
-    def running_mean(self):
-        return self.buffers["running_mean"]
+    def _buffer(name):
+        """A property reading buffers[name]; setting it copies in place, because optimisers,
+        state_dict loading and captured CUDA graphs hold that very array."""
 
-    @running_mean.setter
-    def running_mean(self, value):
-        self._set_buffer("running_mean", value)
+        def set_buffer(self, value):
+            buf = self.buffers[name]
+            buf[...] = backend.get_array_module(buf).asarray(value, dtype=buf.dtype)
 
-    @property
-    def running_var(self):
-        return self.buffers["running_var"]
+        return property(lambda self: self.buffers[name], set_buffer)
 
-    @running_var.setter
-    def running_var(self, value):
-        self._set_buffer("running_var", value)
-
-    def _set_buffer(self, name, value):
-        # In place: optimisers, state_dict loading and captured CUDA graphs hold this array.
-        buf = self.buffers[name]
-        buf[...] = backend.get_array_module(buf).asarray(value, dtype=buf.dtype)
+    running_mean = _buffer("running_mean")
+    running_var = _buffer("running_var")
+    del _buffer
 
     def forward(self, x):
         self.check_input(x, 4, channels=self.num_features)

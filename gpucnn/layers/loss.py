@@ -33,13 +33,15 @@ class SoftmaxCrossEntropy(Layer):
         n, c = logits.shape
         indices = self._check_target(logits, target, check)
         shifted = logits - logits.max(axis=1, keepdims=True)
-        log_probs = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-        self.probs = xp.exp(log_probs)
-        if indices:
-            picked = xp.take_along_axis(log_probs, target.reshape(n, 1), axis=1)
+        e = xp.exp(shifted)  # one exp pass serves both the probabilities and log-sum-exp
+        total = e.sum(axis=1, keepdims=True)
+        self.probs = e / total
+        log_total = xp.log(total)
+        if indices:  # only the target entries of log softmax are needed
+            picked = xp.take_along_axis(shifted, target.reshape(n, 1), axis=1) - log_total
             loss = -picked.sum() / n
         else:
-            loss = -(target * log_probs).sum() / n
+            loss = -(target * (shifted - log_total)).sum() / n
         self.save(target, indices)
         return xp.asarray(loss, dtype=self.dtype)
 

@@ -8,7 +8,7 @@ from gpucnn.layers.base import Layer
 
 
 def softmax(x):
-    """Row-wise softmax of a 2-D array (a shared helper: the loss uses it too)."""
+    """Row-wise softmax of a 2-D array."""
     xp = backend.get_array_module(x)
     e = xp.exp(x - x.max(axis=1, keepdims=True))
     e /= e.sum(axis=1, keepdims=True)
