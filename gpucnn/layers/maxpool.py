@@ -12,6 +12,7 @@ import numpy
 
 from gpucnn import backend, kernels
 from gpucnn.layers.base import Layer
+from gpucnn.layers.im2col import out_size
 
 _THREADS = 256
 
@@ -27,7 +28,7 @@ class MaxPool2d(Layer):
 
     def output_size(self, h, w):
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        return (h - kh) // sh + 1, (w - kw) // sw + 1
+        return out_size(h, kh, sh, 0), out_size(w, kw, sw, 0)  # no padding, like PyTorch's default
 
     def forward(self, x):
         self.check_input(x, 4)
