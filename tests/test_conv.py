@@ -34,9 +34,13 @@ def ids(case):
 
 
 
-def make(case, rng, dtype):
+LOWERINGS = ["im2col", "banded"]
+
+
+def make(case, rng, dtype, lowering="auto"):
     c_in, c_out, k, s, p, (n, h, w), bias = case
     layer = Conv2d(c_in, c_out, k, s, p, bias=bias, dtype=dtype)
+    layer.lowering = lowering
     return layer, rng.standard_normal((n, c_in, h, w)).astype(dtype)
 
 
@@ -47,9 +51,10 @@ def geometry(layer):
 # --- gradient check: the judge ------------------------------------------------------------
 
 
+@pytest.mark.parametrize("lowering", LOWERINGS)
 @pytest.mark.parametrize("case", CASES, ids=ids)
-def test_gradient_check_float64(case, rng):
-    layer, x = make(case, rng, F64)
+def test_gradient_check_float64(case, lowering, rng):
+    layer, x = make(case, rng, F64, lowering)
     assert ("bias" in layer.params) == case[-1]
     passes_gradient_check(layer, x)
 
@@ -63,10 +68,11 @@ LENET = [
 ]
 
 
+@pytest.mark.parametrize("lowering", LOWERINGS)
 @pytest.mark.parametrize("case", CASES + LENET, ids=ids)
-def test_matches_torch_float32(case, rng):
+def test_matches_torch_float32(case, lowering, rng):
     torch = pytest.importorskip("torch")
-    layer, x = make(case, rng, F32)
+    layer, x = make(case, rng, F32, lowering)
     c_in, c_out, k, s, p, _, bias = case
     ref = torch.nn.Conv2d(c_in, c_out, k, s, p, bias=bias)
     ref.load_state_dict({k: torch.from_numpy(v) for k, v in layer.params.items()})
@@ -93,8 +99,36 @@ def test_parameters_follow_pytorch_init():
     assert set(Conv2d(3, 8, 3, bias=False, dtype=F64).params) == {"weight"}
 
 
-def test_outputs_are_fresh_and_grads_overwritten(rng):
-    layer, x = make(CASES[0], rng, F64)
+def test_auto_lowering_is_banded_for_lenet_and_im2col_for_vgg(rng):
+    picks = {}
+    for name, (c_in, c_out, k, p, hw) in {
+        "lenet conv1": (1, 6, 5, 0, 28), "lenet conv2": (6, 16, 5, 0, 12),
+        "vgg conv1": (3, 64, 3, 1, 32), "vgg conv3": (64, 128, 3, 1, 16),
+    }.items():
+        layer = Conv2d(c_in, c_out, k, padding=p)
+        layer.forward(numpy.zeros((2, c_in, hw, hw), F32))
+        picks[name] = layer.saved()[0]
+    assert picks == {"lenet conv1": "banded", "lenet conv2": "banded", "vgg conv1": "im2col", "vgg conv3": "im2col"}
+
+
+def test_auto_takes_im2col_when_banded_rows_exceed_the_budget(rng, monkeypatch):
+    layer = Conv2d(1, 6, 5)
+    x = numpy.zeros((4, 1, 28, 28), F32)
+    monkeypatch.setattr(conv, "COLS_BUDGET_BYTES", 4 * 24 * (5 * 28 + 1) * 4 - 1)  # banded rows: 1 byte over
+    layer.forward(x)
+    assert layer.saved()[0] == "im2col"
+
+
+def test_unknown_lowering():
+    layer = Conv2d(1, 2, 3)
+    layer.lowering = "winograd"
+    with pytest.raises(ValueError, match="Conv2d: lowering must be"):
+        layer.forward(numpy.zeros((1, 1, 5, 5), F32))
+
+
+@pytest.mark.parametrize("lowering", LOWERINGS)
+def test_outputs_are_fresh_and_grads_overwritten(lowering, rng):
+    layer, x = make(CASES[0], rng, F64, lowering)
     y1 = layer.forward(x)
     keep = y1.copy()
     y2 = layer.forward(x * 2)
@@ -130,14 +164,14 @@ def budget_for(layer, x, samples):
 
 
 def ran_in_chunks(layer):
-    """The last forward kept no cols (Conv2d saves (x_shape, x, cols, y, chunk))."""
-    return layer.saved()[2] is None
+    """The last forward kept no cols (Conv2d saves ("im2col", x_shape, x, cols, y, chunk))."""
+    return layer.saved()[3] is None
 
 
 @pytest.mark.parametrize("param", CHUNKED[:3], ids=chunk_ids)
 def test_chunked_gradient_check_float64(param, rng, monkeypatch):
     case, fit, _ = param
-    layer, x = make(case, rng, F64)
+    layer, x = make(case, rng, F64, "im2col")
     monkeypatch.setattr(conv, "COLS_BUDGET_BYTES", budget_for(layer, x, fit))
     passes_gradient_check(layer, x)
     assert ran_in_chunks(layer)
@@ -146,7 +180,7 @@ def test_chunked_gradient_check_float64(param, rng, monkeypatch):
 @pytest.mark.parametrize("param", CHUNKED, ids=chunk_ids)
 def test_chunked_equals_unchunked(param, rng, monkeypatch):
     case, fit, chunk_sizes = param
-    layer, x = make(case, rng, F64)
+    layer, x = make(case, rng, F64, "im2col")
     y = layer.forward(x)
     dy = rng.standard_normal(y.shape)
     dx, grads = layer.backward(dy), {k: v.copy() for k, v in layer.grads.items()}
@@ -169,7 +203,7 @@ def test_chunked_equals_unchunked(param, rng, monkeypatch):
 
 
 def test_chunked_keeps_only_the_input(rng, monkeypatch):
-    layer, x = make(CHUNKED[0][0], rng, F64)
+    layer, x = make(CHUNKED[0][0], rng, F64, "im2col")
     cols_bytes = im2col(x, *geometry(layer)).nbytes
     y = layer.forward(x)
     kept = [a for a in layer.saved() if isinstance(a, numpy.ndarray)]
@@ -320,11 +354,23 @@ def test_gradient_check_float64_cupy(case, rng):
 
 
 @pytest.mark.gpu
+def test_banded_lowering_is_refused_on_cupy(rng):
+    cupy = pytest.importorskip("cupy")
+    layer, x = make(CASES[0], rng, F32)
+    twin = to_cupy(layer, cupy)
+    twin.forward(cupy.asarray(x))
+    assert twin.saved()[0] == "im2col"  # auto: the GPU path is im2col
+    twin.lowering = "banded"
+    with pytest.raises(ValueError, match="banded lowering is NumPy-only"):
+        twin.forward(cupy.asarray(x))
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("param", CHUNKED, ids=chunk_ids)
 def test_chunked_cupy_matches_numpy(param, rng, monkeypatch):
     cupy = pytest.importorskip("cupy")
     case, fit, _ = param
-    layer, x = make(case, rng, F32)
+    layer, x = make(case, rng, F32, "im2col")
     twin = to_cupy(layer, cupy)
     # Sized on CuPy's cols, which have no junk columns: NumPy's chunks are then as small or smaller.
     monkeypatch.setattr(conv, "COLS_BUDGET_BYTES", budget_for(layer, cupy.asarray(x), fit))

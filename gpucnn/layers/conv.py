@@ -1,9 +1,9 @@
-"""2-D convolution (PyTorch's cross-correlation) as im2col + one matrix product each way.
+"""2-D convolution (PyTorch's cross-correlation) as one matrix product each way.
 
     Y[n,o,i,j] = sum_{c,p,q} W[o,c,p,q] * Xpad[n,c,i*sh+p,j*sw+q] + b[o]
     H_out = floor((H + 2*ph - kh) / sh) + 1
 
-With cols = im2col(X) of shape (K, N*Ho*Wo), K = C_in*kh*kw, and W_mat = W.reshape(C_out, K):
+The default lowering, im2col: with cols = im2col(X) of shape (K, N*Ho*Wo), K = C_in*kh*kw, and W_mat = W.reshape(C_out, K):
 
     forward   Y_mat = W_mat @ cols                          (C_out, N*Ho*Wo), then NCHW
     backward  dW = dY_mat @ cols^T     db = sum_{n,i,j} dY
@@ -14,10 +14,15 @@ With cols = im2col(X) of shape (K, N*Ho*Wo), K = C_in*kh*kw, and W_mat = W.resha
 Every sample's columns are independent, so the same formulas hold on any batch of whole
 samples: over a batch too big for COLS_BUDGET_BYTES, forward and backward run chunk by
 chunk, with dW and db summed over the chunks.
+
+On NumPy, small narrow convolutions (LeNet's) take the banded lowering of banded.py
+instead: the same convolution as one product of whole input rows with a banded kernel
+matrix, which moves less memory for more (cheap) multiply-adds. `lowering` picks.
 """
 import numpy
 
 from gpucnn import backend, gemm, init
+from gpucnn.layers import banded
 from gpucnn.layers.base import Layer
 from gpucnn.layers.im2col import col2im, cols_width, im2col, out_size
 
@@ -51,8 +56,29 @@ def _split(m, groups):
     return m.reshape(m.shape[0], groups, -1).transpose(1, 0, 2)
 
 
+# Cost model for choosing the lowering on NumPy: one float element written to memory and
+# read back by later passes costs about as much as this many BLAS multiply-adds (fitted on
+# the 2-core VM of docs/benchmarks.md: ~2 ns per im2col element over a step, ~125 GMAC/s).
+_MOVE_COST_IN_MACS = 250
+
+
+def banded_is_cheaper(c_in, c_out, kh, kw, wp, wc, wo):
+    """Per output row: im2col moves C*kh*kw*Wc elements and runs 3 GEMMs of C_out MACs on
+    each; banded moves C*kh*Wp elements and runs 3 GEMMs of C_out*Wo MACs on each."""
+    im2col_elements, banded_elements = c_in * kh * kw * wc, c_in * kh * wp
+    im2col_cost = im2col_elements * (_MOVE_COST_IN_MACS + 3 * c_out)
+    banded_cost = banded_elements * (_MOVE_COST_IN_MACS + 3 * c_out * wo)
+    return banded_cost < im2col_cost
+
+
 class Conv2d(Layer):
+    """`lowering` ("auto", "im2col" or "banded"; a class default an instance may override)
+    picks how the convolution becomes a matrix product. auto: im2col on CuPy (the GPU path
+    has kernels for it) and on NumPy where banded_is_cheaper says no or the banded rows
+    would exceed COLS_BUDGET_BYTES; banded otherwise. Results agree to float rounding."""
+
     skips_input_grad = True
+    lowering = "auto"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True, dtype=None):
         super().__init__(dtype)
@@ -96,6 +122,8 @@ class Conv2d(Layer):
                 f"Conv2d: input of spatial size {h}x{w} with padding {self.padding} is smaller "
                 f"than the kernel {self.kernel_size}"
             )
+        if self._uses_banded(x, ho, wo):
+            return self._forward_banded(x, ho, wo)
         kh, kw = self.kernel_size
         wc = cols_width(x, kw, self.stride[1], self.padding[1])
         sample_bytes = self.in_channels * kh * kw * ho * wc * self.dtype.itemsize
@@ -104,11 +132,37 @@ class Conv2d(Layer):
         chunk = -(-n // chunks)  # of near-equal size (no small last chunk); chunk <= fit
         y = xp.empty((n, self.out_channels, ho, wo), dtype=self.dtype)
         if chunk >= n:  # cols fits the budget: keep it
-            self.save(tuple(x.shape), None, self._forward_chunk(x, y), y, chunk)
+            self.save("im2col", tuple(x.shape), None, self._forward_chunk(x, y), y, chunk)
         else:
             for s in range(0, n, chunk):
                 self._forward_chunk(x[s : s + chunk], y[s : s + chunk])
-            self.save(tuple(x.shape), x, None, y, chunk)
+            self.save("im2col", tuple(x.shape), x, None, y, chunk)
+        return y
+
+    def _uses_banded(self, x, ho, wo):
+        if self.lowering not in ("auto", "im2col", "banded"):
+            raise ValueError(f"Conv2d: lowering must be 'auto', 'im2col' or 'banded', got {self.lowering!r}")
+        if self.lowering != "auto" or backend.is_cupy_array(x):
+            if self.lowering == "banded" and backend.is_cupy_array(x):
+                raise ValueError("Conv2d: the banded lowering is NumPy-only; use 'auto' or 'im2col' on CuPy")
+            return self.lowering == "banded"
+        (kh, kw), (_, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        n, c, _, w = x.shape
+        wp = w + 2 * pw
+        rows_bytes = n * ho * (kh * c * wp + 1) * self.dtype.itemsize
+        return rows_bytes <= COLS_BUDGET_BYTES and banded_is_cheaper(
+            c, self.out_channels, kh, kw, wp, cols_width(x, kw, sw, pw), wo)
+
+    def _forward_banded(self, x, ho, wo):
+        """Y = rows(X) @ band(W, b), from (N, Ho, C_out, Wo) to a fresh NCHW array."""
+        (kh, _), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        bias = self.params.get("bias")
+        r = banded.rows(x, kh, sh, ph, pw, ones=bias is not None)
+        m = banded.band(self.params["weight"], bias, x.shape[3] + 2 * pw, wo, sw)
+        y_rows = r @ m
+        n = x.shape[0]
+        y = numpy.ascontiguousarray(y_rows.reshape(n, ho, self.out_channels, wo).transpose(0, 2, 1, 3))
+        self.save("banded", tuple(x.shape), r, m, y)
         return y
 
     def _forward_chunk(self, x, y):
@@ -138,7 +192,9 @@ class Conv2d(Layer):
 
         input_grad=False skips dX (returns None): a net's first layer has no use for it.
         """
-        x_shape, x, cols, y, chunk = self.saved()
+        if self.saved()[0] == "banded":
+            return self._backward_banded(dy, input_grad)
+        _, x_shape, x, cols, y, chunk = self.saved()
         self.check_grad(dy, y)
         xp = backend.get_array_module(dy)
         if cols is not None:  # kept by forward: one chunk
@@ -161,6 +217,26 @@ class Conv2d(Layer):
         if db is not None:
             self.grads["bias"] = db
         return dx
+
+    def _backward_banded(self, dy, input_grad):
+        """d_band = rows^T @ dY -> dW, db; dX = rows_to_image(dY @ band^T)."""
+        _, x_shape, r, m, y = self.saved()
+        self.check_grad(dy, y)
+        (kh, _), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        n, o, ho, wo = dy.shape
+        dy_rows = numpy.ascontiguousarray(dy.transpose(0, 2, 1, 3)).reshape(n * ho, o * wo)
+        with_bias = "bias" in self.params
+        # OpenBLAS runs rows^T @ dY about 1.4x faster as (dY^T @ rows)^T when rows is no
+        # wider than dY (LeNet's first conv, 141 vs 144 columns) and slower otherwise (its second).
+        d_band = (dy_rows.T @ r).T if r.shape[1] <= dy_rows.shape[1] else r.T @ dy_rows
+        dw, db = banded.band_grad(d_band, self.params["weight"].shape, x_shape[3] + 2 * pw, wo, sw, with_bias)
+        self.grads["weight"] = dw
+        if with_bias:
+            self.grads["bias"] = db
+        if not input_grad:
+            return None
+        k = m.shape[0] - with_bias
+        return banded.rows_to_image(dy_rows @ m[:k].T, x_shape, kh, sh, ph, pw)
 
     def _backward_chunk(self, cols, dy, x_shape, input_grad):
         """dW^T (K, C_out), db (None without bias) and dX (None unless input_grad) of one chunk."""
