@@ -146,7 +146,7 @@ class Conv2d(Layer):
             if self.lowering == "banded" and backend.is_cupy_array(x):
                 raise ValueError("Conv2d: the banded lowering is NumPy-only; use 'auto' or 'im2col' on CuPy")
             return self.lowering == "banded"
-        (kh, kw), (_, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (kh, kw), (_, sw), (_, pw) = self.kernel_size, self.stride, self.padding
         n, c, _, w = x.shape
         wp = w + 2 * pw
         rows_bytes = n * ho * (kh * c * wp + 1) * self.dtype.itemsize
