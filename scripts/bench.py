@@ -3,7 +3,7 @@
 
 One step = forward, softmax cross-entropy, backward, SGD-momentum update. Both frameworks
 get the same batch, dtype and weights, a warm-up, a device synchronise around every timed
-region, and the median of several repeats. On the cupy backend PyTorch runs on CUDA with
+region, and the median of several repeats, the two frameworks' repeats interleaved. On the cupy backend PyTorch runs on CUDA with
 cuDNN (benchmark mode, TF32 off unless --tf32); on NumPy it runs on the CPU.
 
     PYTHONPATH=. python scripts/bench.py                # all cases
@@ -38,28 +38,51 @@ def parse():
     return p.parse_args()
 
 
-def time_steps(step, sync, batch, repeats, steps, warmup):
-    """Median images/s over `repeats` runs of `steps` steps (steps auto-sized if 0)."""
-    for _ in range(warmup):
-        step()
-    sync()
-    if steps == 0:
-        t = time.perf_counter()
-        step()
-        sync()
-        steps = max(3, min(200, int(0.5 / max(time.perf_counter() - t, 1e-6))))
-    rates = []
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        for _ in range(steps):
+# On the CPU, a pause before each timed repeat: BLAS and OpenMP worker threads spin for a
+# while after their last call before they sleep, and on 2 cores the spinning threads of the
+# framework timed just before steal the CPU from the one timed now (seen here: PyTorch CPU
+# about 20% slower without the pause). Not on the GPU, whose clocks would drop while idle.
+CPU_SETTLE_S = 0.5
+
+
+class Runner:
+    """One framework's training step on one case: warmed up, then timed in repeats."""
+
+    def __init__(self, step, sync, batch, steps, warmup, settle_s):
+        self.step, self.sync, self.batch, self.settle_s = step, sync, batch, settle_s
+        for _ in range(warmup):
             step()
         sync()
-        rates.append(batch * steps / (time.perf_counter() - t))
-    return statistics.median(rates)
+        if steps == 0:  # about 0.5 s of work a repeat
+            t = time.perf_counter()
+            step()
+            sync()
+            steps = max(3, min(200, int(0.5 / max(time.perf_counter() - t, 1e-6))))
+        self.steps, self.rates = steps, []
+
+    def repeat(self):
+        self.sync()
+        time.sleep(self.settle_s)
+        t = time.perf_counter()
+        for _ in range(self.steps):
+            self.step()
+        self.sync()
+        self.rates.append(self.batch * self.steps / (time.perf_counter() - t))
+
+    def median(self):
+        return statistics.median(self.rates)
 
 
-def bench_gpucnn(name, shape, batch, args):
+def time_side_by_side(runners, repeats):
+    """Median images/s of each runner, their repeats interleaved (A B A B ...): a slow spell
+    of the machine (the 2-core VM has them) then hits both frameworks alike."""
+    for _ in range(repeats):
+        for r in runners:
+            r.repeat()
+    return [r.median() for r in runners]
+
+
+def gpucnn_runner(name, shape, batch, args):
     import numpy
 
     from gpucnn import backend, init, models
@@ -74,18 +97,22 @@ def bench_gpucnn(name, shape, batch, args):
     y = backend.to_device(rng.integers(0, 10, batch))
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
     step = make_step(model, opt, use_graph=not args.no_graph)
-    pool = None
     if backend.name() == "cupy":
-        pool = xp.get_default_memory_pool()
-        pool.free_all_blocks()
-    rate = time_steps(lambda: step(x, y), backend.synchronize, batch, args.repeats, args.steps, args.warmup)
-    # CuPy's pool keeps every block it ever took until freed: its size is the high-water mark.
-    graph_pool = getattr(step, "pool", None)
-    peak = pool.total_bytes() + (graph_pool.total_bytes() if graph_pool else 0) if pool is not None else None
-    return model, rate, peak
+        xp.get_default_memory_pool().free_all_blocks()
+    settle = 0 if backend.name() == "cupy" else CPU_SETTLE_S
+    runner = Runner(lambda: step(x, y), backend.synchronize, batch, args.steps, args.warmup, settle)
+
+    def peak():
+        # CuPy's pool keeps every block it ever took until freed: its size is the high-water mark.
+        if backend.name() != "cupy":
+            return None
+        graph_pool = getattr(step, "pool", None)
+        return xp.get_default_memory_pool().total_bytes() + (graph_pool.total_bytes() if graph_pool else 0)
+
+    return model, runner, peak
 
 
-def bench_torch(model, shape, batch, on_gpu, args):
+def torch_runner(model, shape, batch, on_gpu, args):
     import numpy
     import torch
 
@@ -111,7 +138,8 @@ def bench_torch(model, shape, batch, on_gpu, args):
         opt.step()
 
     sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-    return time_steps(step, sync, batch, args.repeats, args.steps, args.warmup)
+    runner = Runner(step, sync, batch, args.steps, args.warmup, 0 if on_gpu else CPU_SETTLE_S)
+    return runner, (lambda: torch.cuda.max_memory_reserved()) if on_gpu else (lambda: None)
 
 
 def main():
@@ -137,19 +165,19 @@ def main():
 
     where = "GPU" if on_gpu else f"CPU ({os.cpu_count()} cores)"
     mode = ("CUDA graphs" if on_gpu and not args.no_graph else "eager") + (", TF32" if args.tf32 else ", fp32")
-    print(f"gpucnn {backend.name()} backend on {where}, {mode}; median of {args.repeats} repeats")
+    print(f"gpucnn {backend.name()} backend on {where}, {mode}; median of {args.repeats} repeats, interleaved")
     header = f"{'case':<12} {'gpucnn img/s':>13} {'torch img/s':>12} {'ratio':>6} {'gpucnn MiB':>11} {'torch MiB':>10} {'mem ratio':>9}"
     print(header)
     rows = []
     for case in args.cases:
         name, shape, batch = CASES[case]
-        model, ours, our_peak = bench_gpucnn(name, shape, batch, args)
-        theirs = their_peak = None
+        model, our_runner, our_peak = gpucnn_runner(name, shape, batch, args)
+        runners, their_peak = [our_runner], (lambda: None)
         if torch is not None:
-            if on_gpu:
-                torch.cuda.reset_peak_memory_stats()
-            theirs = bench_torch(model, shape, batch, on_gpu, args)
-            their_peak = torch.cuda.max_memory_reserved() if on_gpu else None
+            their_runner, their_peak = torch_runner(model, shape, batch, on_gpu, args)
+            runners.append(their_runner)
+        ours, theirs = (time_side_by_side(runners, args.repeats) + [None])[:2]
+        our_peak, their_peak = our_peak(), their_peak()
         row = {
             "case": case, "backend": backend.name(), "graph": on_gpu and not args.no_graph, "tf32": args.tf32,
             "gpucnn_img_s": round(ours), "torch_img_s": round(theirs) if theirs else None,

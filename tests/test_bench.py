@@ -25,3 +25,16 @@ def test_bench_script_writes_rows(tmp_path):
     if "--no-torch" not in args:
         assert rows[0]["torch_img_s"] > 0
         assert rows[0]["ratio"] == pytest.approx(rows[0]["gpucnn_img_s"] / rows[0]["torch_img_s"], rel=0.01)
+
+
+def test_repeats_are_interleaved():
+    spec = importlib.util.spec_from_file_location("bench", os.path.join(ROOT, "scripts", "bench.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    order = []
+    runners = [bench.Runner(lambda name=name: order.append(name), lambda: None, 8, 2, 1, 0) for name in "ab"]
+    order.clear()  # drop the warm-up steps
+    rates = bench.time_side_by_side(runners, 3)
+    assert order == list("aabbaabbaabb")  # 2 steps a repeat, the frameworks alternating
+    assert len(rates) == 2 and all(r > 0 for r in rates)
+    assert [len(r.rates) for r in runners] == [3, 3]
