@@ -31,12 +31,27 @@ def _bn_eval(rng):
     return bn.eval()
 
 
+def _convs(rng):
+    """Each Conv2d case under every lowering the live backend has (banded is NumPy-only)."""
+    lowerings = ["im2col"] + (["banded"] if backend.name() == "numpy" else [])
+    specs = [
+        ("Conv2d k3 s2 p1", dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=1), (2, 3, 7, 6)),
+        ("Conv2d k5 s1 p2", dict(in_channels=2, out_channels=3, kernel_size=5, padding=2), (1, 2, 6, 5)),
+        ("Conv2d k1 no bias", dict(in_channels=3, out_channels=2, kernel_size=1, bias=False), (2, 3, 4, 3)),
+    ]
+    out = []
+    for label, kwargs, shape in specs:
+        x = rng.standard_normal(shape)
+        for lowering in lowerings:
+            layer = Conv2d(dtype=F64, **kwargs)
+            layer.lowering = lowering
+            out.append((f"{label} {lowering}", layer, x))
+    return out
+
+
 def cases(rng):
     """(label, layer, input) triples covering strides, padding, overlap and both BN modes."""
-    return [
-        ("Conv2d k3 s2 p1", Conv2d(3, 4, 3, stride=2, padding=1, dtype=F64), rng.standard_normal((2, 3, 7, 6))),
-        ("Conv2d k5 s1 p2", Conv2d(2, 3, 5, padding=2, dtype=F64), rng.standard_normal((1, 2, 6, 5))),
-        ("Conv2d k1 no bias", Conv2d(3, 2, 1, bias=False, dtype=F64), rng.standard_normal((2, 3, 4, 3))),
+    return _convs(rng) + [
         ("Linear", Linear(7, 5, dtype=F64), rng.standard_normal((3, 7))),
         ("MaxPool2d k2", MaxPool2d(2, dtype=F64), _distinct(rng, (2, 3, 6, 5))),
         ("MaxPool2d k3 s2 overlap", MaxPool2d(3, stride=2, dtype=F64), _distinct(rng, (2, 2, 7, 9))),
