@@ -57,24 +57,36 @@ def prepare_capture(stream):
     return _handles[stream.ptr]
 
 
+def pick_libcublas(mapped_paths, cuda_major):
+    """Of the files mapped into this process, the libcublas of CuPy's CUDA major version.
+
+    Another library (a PyTorch built for another CUDA) may have mapped a libcublas of its
+    own; handing CuPy's arrays to that one would be wrong. None when there is no match.
+    """
+    wanted = f"libcublas.so.{cuda_major}"
+    for path in mapped_paths:
+        name = os.path.basename(path)
+        if name == wanted or name.startswith(wanted + "."):
+            return path
+    return None
+
+
 def _find_libcublas():
     """The path of the libcublas CuPy has loaded (CUDA 12 and 13 name it differently)."""
     import cupy
     from cupy_backends.cuda.libs import cublas  # noqa: F401  (makes CuPy map libcublas)
 
     cupy.cuda.device.get_cublas_handle()
+    major = cupy.cuda.runtime.runtimeGetVersion() // 1000
     with open("/proc/self/maps") as maps:
-        for line in maps:
-            path = line.split()[-1]
-            if "libcublas.so" in path and "Lt" not in os.path.basename(path):
-                return path
-    for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so"):
-        try:
-            ctypes.CDLL(name)
-            return name
-        except OSError:
-            continue
-    raise CublasError("libcublas could not be found; run without CUDA graphs (--no-graph)")
+        path = pick_libcublas((line.split()[-1] for line in maps if "/" in line), major)
+    if path is not None:
+        return path
+    try:
+        ctypes.CDLL(f"libcublas.so.{major}")
+        return f"libcublas.so.{major}"
+    except OSError:
+        raise CublasError(f"libcublas.so.{major} could not be found; run without CUDA graphs (--no-graph)") from None
 
 
 class _Handle:
@@ -86,6 +98,9 @@ class _Handle:
         if _Handle._lib is None:
             _Handle._lib = ctypes.CDLL(_find_libcublas())
         lib = _Handle._lib
+        # Handles are cached by stream pointer: holding the stream keeps that pointer from
+        # being reused by a new stream, which would then get a handle bound to a dead one.
+        self.stream = stream
         self.handle = ctypes.c_void_p()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
         self._check(lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream.ptr)), "cublasSetStream")
@@ -108,6 +123,8 @@ class _Handle:
 
         if a.dtype != b.dtype:
             raise ValueError(f"gemm: dtypes differ ({a.dtype} and {b.dtype})")
+        if a.dtype not in (cupy.float32, cupy.float64):
+            raise ValueError(f"gemm: only float32 and float64 are supported, got {a.dtype}")
         a, trans_a = _row_major(a, trans_a)
         b, trans_b = _row_major(b, trans_b)
         args = gemm_arguments(a.shape, b.shape, trans_a, trans_b)

@@ -8,10 +8,12 @@ Nothing inside the step may synchronise with the host, and every array it update
 (parameters, optimiser state, BatchNorm statistics, the learning rate) must be updated
 in place, since the graph holds their addresses.
 
-Arrays the step allocates while being captured come from a pool private to the graphs.
+Arrays the step allocates while being captured come from a pool private to that graph.
 Freed at the end of the capture, their blocks would otherwise go back to CuPy's default
 pool, be handed to an array made later (a running loss sum, an eval batch), and be
 overwritten by the next replay: PyTorch keeps graph-private pools for the same reason.
+One pool per graph, not one for all: a pool short of memory frees its cached blocks and
+retries, and those blocks would be another graph's scratch space.
 """
 from gpucnn import backend, gemm
 
@@ -25,8 +27,12 @@ class GraphedStep:
             raise RuntimeError("CUDA graphs need the CuPy backend")
         self.step = step
         self.stream = cupy.cuda.Stream(non_blocking=True)
+        # A non-blocking stream does not wait for the default stream, where the model and
+        # optimiser state were just copied to the device: wait for that work once, here.
+        # (fit() then runs everything on self.stream, so __call__'s own wait never fires.)
+        self.stream.wait_event(cupy.cuda.get_current_stream().record())
         gemm.prepare_capture(self.stream)
-        self.pool = cupy.cuda.MemoryPool()
+        self.pools = []  # one MemoryPool per captured graph
         self._graphs = {}  # (x shape, y shape) -> (graph, static x, static y, outputs)
         self._warm = set()  # shapes already run once eagerly
 
@@ -40,7 +46,7 @@ class GraphedStep:
         with self.stream:
             if key not in self._warm:
                 # A shape's first step runs eagerly (a real step, not a throw-away): it
-                # compiles every kernel and grows the memory pool outside the capture.
+                # compiles every kernel and sets up cuBLAS outside the capture.
                 self._warm.add(key)
                 outputs = self.step(x, y)
             else:
@@ -55,10 +61,19 @@ class GraphedStep:
             caller.wait_event(self.stream.record())
         return outputs
 
+    def pool_bytes(self):
+        """Device memory held by the graphs' private pools."""
+        return sum(pool.total_bytes() for pool in self.pools)
+
     def _capture(self, cupy, x, y):
         sx = cupy.empty_like(x)
         sy = cupy.empty_like(y)
-        with cupy.cuda.using_allocator(self.pool.malloc):
+        # The eager warm-up left its temporaries cached in the default pool; the capture
+        # allocates its own afresh, so release those first or peak memory holds both.
+        cupy.get_default_memory_pool().free_all_blocks()
+        pool = cupy.cuda.MemoryPool()
+        self.pools.append(pool)
+        with cupy.cuda.using_allocator(pool.malloc):
             self.stream.begin_capture()
             try:
                 outputs = self.step(sx, sy)

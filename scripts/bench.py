@@ -106,8 +106,8 @@ def gpucnn_runner(name, shape, batch, args):
         # CuPy's pool keeps every block it ever took until freed: its size is the high-water mark.
         if backend.name() != "cupy":
             return None
-        graph_pool = getattr(step, "pool", None)
-        return xp.get_default_memory_pool().total_bytes() + (graph_pool.total_bytes() if graph_pool else 0)
+        graph_bytes = step.pool_bytes() if hasattr(step, "pool_bytes") else 0
+        return xp.get_default_memory_pool().total_bytes() + graph_bytes
 
     return model, runner, peak
 

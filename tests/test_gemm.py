@@ -50,3 +50,19 @@ def test_numpy_path_matches_matmul(trans_a, trans_b):
     a, b = rng.standard_normal((4, 4)), rng.standard_normal((4, 4))
     expected = (a.T if trans_a else a) @ (b.T if trans_b else b)
     numpy.testing.assert_array_equal(gemm.matmul(a, b, trans_a, trans_b), expected)
+
+
+MAPS = [
+    "/usr/lib/x86_64-linux-gnu/libc.so.6",
+    "/venv/site-packages/torch/lib/libcublas.so.12",  # another library's CUDA 12 copy
+    "/venv/site-packages/nvidia/cu13/lib/libcublasLt.so.13",
+    "/venv/site-packages/nvidia/cu13/lib/libcublas.so.13",
+]
+
+
+def test_pick_libcublas_takes_cupys_cuda_major():
+    assert gemm.pick_libcublas(MAPS, 13) == "/venv/site-packages/nvidia/cu13/lib/libcublas.so.13"
+    assert gemm.pick_libcublas(MAPS, 12) == "/venv/site-packages/torch/lib/libcublas.so.12"
+    assert gemm.pick_libcublas(["/x/libcublas.so.12.8.4.1"], 12) == "/x/libcublas.so.12.8.4.1"
+    assert gemm.pick_libcublas(["/x/libcublas.so.120"], 12) is None  # not a version 12 file
+    assert gemm.pick_libcublas(MAPS, 11) is None

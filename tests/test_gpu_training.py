@@ -84,6 +84,18 @@ def test_graph_outputs_are_not_clobbered_by_later_allocations(on_cupy):
         assert float(keep.min()) == 7.0 and float(keep.max()) == 7.0
 
 
+def test_each_captured_shape_gets_its_own_pool(on_cupy):
+    """A full batch and a short last batch: two graphs, two private pools, both replayed."""
+    init.seed(0)
+    model = models.lenet()
+    step = make_step(model, SGD(model.parameters(), lr=0.01), use_graph=True)
+    with step.stream:
+        for batch in (32, 32, 20, 20, 32, 20):  # each shape: eager, capture, replay
+            x, y = _batches((1, 28, 28), batch, 1)[0]
+            step(backend.to_device(x), backend.to_device(y))
+    assert len(step.pools) == 2 and step.pool_bytes() > 0
+
+
 def test_check_command_passes_on_cupy():
     pytest.importorskip("cupy")
     proc = subprocess.run([sys.executable, "-m", "gpucnn", "check", "--backend", "cupy"], capture_output=True, text=True)
