@@ -5,7 +5,7 @@
 #define scalar_t float
 #endif
 
-// Launch with one block per channel and BN_THREADS threads (a power of two) per block.
+// Every kernel here runs BN_THREADS threads (a power of two) per block.
 #define BN_THREADS 256
 
 // Sums over N*H*W elements are accumulated in double: in float, adding tens of thousands
@@ -42,93 +42,140 @@ __device__ index_t channel_offset(index_t k, index_t c, index_t C, index_t HW)
 // So the loops below run in `unsigned` whenever every offset into x fits, and in
 // `unsigned long long` only past 2^32 - 1 elements. Unsigned because all of these values
 // are >= 0, and signed division costs extra instructions for the sign handling.
-// The loop counter k reaches at most M - 1 + BN_THREADS <= N*C*HW - 1 + BN_THREADS.
+// The loop counter k reaches at most M - 1 + S*BN_THREADS <= N*C*HW - 1 + S*BN_THREADS.
 // Depends only on kernel arguments, so every thread takes the same branch.
-__device__ inline bool index32_ok(long long N, long long C, long long HW)
+__device__ inline bool index32_ok(long long N, long long C, long long HW, long long S)
 {
-    return N * C * HW + BN_THREADS <= 0xffffffffLL;
+    return N * C * HW + S * BN_THREADS <= 0xffffffffLL;
 }
 
-// Training statistics of channel blockIdx.x: the mean and the BIASED variance (divided by
-// M, the one used to normalise). Two passes over the data: the variance sums squared
-// deviations from the finished mean, so there is no E[x^2] - E[x]^2 cancellation.
-template <typename index_t>
-__device__ void bn_stats_block(
-    const scalar_t* __restrict__ x, scalar_t* __restrict__ mean, scalar_t* __restrict__ var,
-    index_t N, index_t C, index_t HW, acc_t* buf)
+// The reductions run in two steps, so that a channel's M values are read by many blocks
+// at once (one block per channel would leave most of a large GPU idle when C is small):
+//   partial:  grid (S, C); block (s, c) adds up every S-th run of BN_THREADS values of
+//             channel c and writes its sum to partial[c*S + s] (double);
+//   finish:   one block per channel adds up the S partial sums.
+// S comes from gridDim.x; gpucnn/layers/batchnorm.py picks it to fill the device.
+
+// What a partial kernel adds up for each value v of channel c.
+struct Value {
+    __device__ acc_t operator()(acc_t v, acc_t) const { return v; }
+};
+struct SquaredDeviation {  // from the finished mean: no E[x^2] - E[x]^2 cancellation
+    __device__ acc_t operator()(acc_t v, acc_t mu) const { const acc_t d = v - mu; return d * d; }
+};
+
+template <typename index_t, typename F>
+__device__ void channel_partial(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ mu, acc_t* __restrict__ partial,
+    index_t N, index_t C, index_t HW, F f, acc_t* buf)
 {
-    const index_t c = blockIdx.x;
+    const index_t s = blockIdx.x, S = gridDim.x, c = blockIdx.y;
     const index_t M = N * HW;
-
-    acc_t s = 0;
-    for (index_t k = threadIdx.x; k < M; k += BN_THREADS) s += (acc_t)x[channel_offset(k, c, C, HW)];
-    const acc_t mu = block_sum(s, buf) / (acc_t)M;
-
-    acc_t q = 0;
-    for (index_t k = threadIdx.x; k < M; k += BN_THREADS) {
-        const acc_t d = (acc_t)x[channel_offset(k, c, C, HW)] - mu;
-        q += d * d;
-    }
-    const acc_t v = block_sum(q, buf) / (acc_t)M;
-
-    if (threadIdx.x == 0) {
-        mean[c] = (scalar_t)mu;
-        var[c] = (scalar_t)v;
-    }
+    const acc_t m = mu[c];
+    acc_t v = 0;
+    for (index_t k = s * BN_THREADS + threadIdx.x; k < M; k += S * BN_THREADS)
+        v += f((acc_t)x[channel_offset(k, c, C, HW)], m);
+    v = block_sum(v, buf);
+    if (threadIdx.x == 0) partial[c * S + s] = v;
 }
 
-extern "C" __global__ void bn_stats(
-    const scalar_t* __restrict__ x, scalar_t* __restrict__ mean, scalar_t* __restrict__ var,
+// Partial sums of x over each channel (mu is read but unused: pass any C doubles).
+extern "C" __global__ void bn_partial_sum(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ mu, acc_t* __restrict__ partial,
     long long N, long long C, long long HW)
 {
     __shared__ acc_t buf[BN_THREADS];
-    if (index32_ok(N, C, HW))
-        bn_stats_block<unsigned>(x, mean, var, (unsigned)N, (unsigned)C, (unsigned)HW, buf);
+    if (index32_ok(N, C, HW, gridDim.x))
+        channel_partial<unsigned>(x, mu, partial, (unsigned)N, (unsigned)C, (unsigned)HW, Value(), buf);
     else
-        bn_stats_block<unsigned long long>(x, mean, var, N, C, HW, buf);
+        channel_partial<unsigned long long>(x, mu, partial, N, C, HW, Value(), buf);
 }
 
-// The two sums backward needs, per channel: sum(dy) (= dbeta) and sum(dy * xhat)
-// (= dgamma) with xhat = (x - mean) * invstd. Used in both modes: training passes the
-// batch mean/invstd, eval the running ones.
+// Partial sums of (x - mu[c])^2 over each channel.
+extern "C" __global__ void bn_partial_sqdev(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ mu, acc_t* __restrict__ partial,
+    long long N, long long C, long long HW)
+{
+    __shared__ acc_t buf[BN_THREADS];
+    if (index32_ok(N, C, HW, gridDim.x))
+        channel_partial<unsigned>(x, mu, partial, (unsigned)N, (unsigned)C, (unsigned)HW, SquaredDeviation(), buf);
+    else
+        channel_partial<unsigned long long>(x, mu, partial, N, C, HW, SquaredDeviation(), buf);
+}
+
+// Block c: total = scale * sum of partial[c*S .. c*S + S-1]; written in double to
+// out_acc[c] (the next partial kernel's mu) and as scalar_t to out[c].
+extern "C" __global__ void bn_finish(
+    const acc_t* __restrict__ partial, long long S, double scale,
+    acc_t* __restrict__ out_acc, scalar_t* __restrict__ out)
+{
+    __shared__ acc_t buf[BN_THREADS];
+    const long long c = blockIdx.x;
+    acc_t v = 0;
+    for (long long j = threadIdx.x; j < S; j += BN_THREADS) v += partial[c * S + j];
+    v = block_sum(v, buf) * (acc_t)scale;
+    if (threadIdx.x == 0) {
+        out_acc[c] = v;
+        out[c] = (scalar_t)v;
+    }
+}
+
+// Backward's two sums per channel, partial: sum(dy) and sum(dy * (x - mean)), each
+// written to its own (C, S) array. Used in both modes: training passes the batch mean,
+// eval the running one.
 template <typename index_t>
-__device__ void bn_backward_reduce_block(
-    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
-    const scalar_t* __restrict__ mean, const scalar_t* __restrict__ invstd,
-    scalar_t* __restrict__ sum_dy, scalar_t* __restrict__ sum_dy_xhat,
+__device__ void backward_partial(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ mean,
+    acc_t* __restrict__ partial_dy, acc_t* __restrict__ partial_dy_xmu,
     index_t N, index_t C, index_t HW, acc_t* buf)
 {
-    const index_t c = blockIdx.x;
+    const index_t s = blockIdx.x, S = gridDim.x, c = blockIdx.y;
     const index_t M = N * HW;
     const acc_t mu = (acc_t)mean[c];
-
-    acc_t s = 0, t = 0;
-    for (index_t k = threadIdx.x; k < M; k += BN_THREADS) {
+    acc_t g_sum = 0, gx_sum = 0;
+    for (index_t k = s * BN_THREADS + threadIdx.x; k < M; k += S * BN_THREADS) {
         const index_t at = channel_offset(k, c, C, HW);
         const acc_t g = (acc_t)dy[at];
-        s += g;
-        t += g * ((acc_t)x[at] - mu);
+        g_sum += g;
+        gx_sum += g * ((acc_t)x[at] - mu);
     }
-    s = block_sum(s, buf);
-    t = block_sum(t, buf);  // block_sum ends with a barrier, so buf can be reused here
-
+    g_sum = block_sum(g_sum, buf);
+    gx_sum = block_sum(gx_sum, buf);  // block_sum ends with a barrier, so buf can be reused here
     if (threadIdx.x == 0) {
-        sum_dy[c] = (scalar_t)s;
-        sum_dy_xhat[c] = (scalar_t)(t * (acc_t)invstd[c]);
+        partial_dy[c * S + s] = g_sum;
+        partial_dy_xmu[c * S + s] = gx_sum;
     }
 }
 
-extern "C" __global__ void bn_backward_reduce(
-    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x,
-    const scalar_t* __restrict__ mean, const scalar_t* __restrict__ invstd,
-    scalar_t* __restrict__ sum_dy, scalar_t* __restrict__ sum_dy_xhat,
+extern "C" __global__ void bn_backward_partial(
+    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ mean,
+    acc_t* __restrict__ partial_dy, acc_t* __restrict__ partial_dy_xmu,
     long long N, long long C, long long HW)
 {
     __shared__ acc_t buf[BN_THREADS];
-    if (index32_ok(N, C, HW))
-        bn_backward_reduce_block<unsigned>(dy, x, mean, invstd, sum_dy, sum_dy_xhat,
-                                           (unsigned)N, (unsigned)C, (unsigned)HW, buf);
+    if (index32_ok(N, C, HW, gridDim.x))
+        backward_partial<unsigned>(dy, x, mean, partial_dy, partial_dy_xmu,
+                                   (unsigned)N, (unsigned)C, (unsigned)HW, buf);
     else
-        bn_backward_reduce_block<unsigned long long>(dy, x, mean, invstd, sum_dy, sum_dy_xhat,
-                                                     N, C, HW, buf);
+        backward_partial<unsigned long long>(dy, x, mean, partial_dy, partial_dy_xmu, N, C, HW, buf);
+}
+
+// Block c: sum_dy[c] (= dbeta) and sum_dy_xhat[c] = invstd[c] * sum(dy * (x - mean)) (= dgamma).
+extern "C" __global__ void bn_backward_finish(
+    const acc_t* __restrict__ partial_dy, const acc_t* __restrict__ partial_dy_xmu, long long S,
+    const scalar_t* __restrict__ invstd, scalar_t* __restrict__ sum_dy, scalar_t* __restrict__ sum_dy_xhat)
+{
+    __shared__ acc_t buf[BN_THREADS];
+    const long long c = blockIdx.x;
+    acc_t g_sum = 0, gx_sum = 0;
+    for (long long j = threadIdx.x; j < S; j += BN_THREADS) {
+        g_sum += partial_dy[c * S + j];
+        gx_sum += partial_dy_xmu[c * S + j];
+    }
+    g_sum = block_sum(g_sum, buf);
+    gx_sum = block_sum(gx_sum, buf);
+    if (threadIdx.x == 0) {
+        sum_dy[c] = (scalar_t)g_sum;
+        sum_dy_xhat[c] = (scalar_t)(gx_sum * (acc_t)invstd[c]);
+    }
 }

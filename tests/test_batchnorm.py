@@ -192,7 +192,7 @@ def to_cupy(layer, cupy):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(8, 3, 5, 4), (2, 5, 1, 1), (128, 16, 16, 16), (3, 4, 33, 35)])
+@pytest.mark.parametrize("shape", [(8, 3, 5, 4), (2, 5, 1, 1), (128, 16, 16, 16), (3, 4, 33, 35), (50, 6, 31, 29)])
 def test_cupy_matches_numpy_training(shape, rng):
     cupy = pytest.importorskip("cupy")
     cpu = randomised(shape[1], rng, dtype=F32)
@@ -236,3 +236,16 @@ def test_cupy_gradient_check_float64(eval_mode, rng):
     bn = to_cupy(randomised(3, rng, eval_mode=eval_mode), cupy)
     errors = check_layer(bn, cupy.asarray(rng.standard_normal((3, 3, 4, 2))))
     assert max(errors.values()) < 1e-6, errors
+
+
+# --- how the CUDA reductions split a channel over blocks (kernels/batchnorm.cu) -----------
+
+
+def test_splits_fill_a_large_gpu_only_when_there_is_work():
+    from gpucnn.layers.batchnorm import splits_for
+
+    assert splits_for(256 * 32 * 32, 64, sm_count=132) == 9  # vgg_bn b256 stage 1: 576 blocks
+    assert splits_for(256 * 8 * 8, 256, sm_count=132) == 3  # stage 3
+    assert splits_for(8 * 5 * 4, 3, sm_count=132) == 1  # too little to share out
+    assert splits_for(10**9, 1, sm_count=10**6) == 1024  # capped
+

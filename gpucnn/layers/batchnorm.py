@@ -132,10 +132,17 @@ def _batch_stats(x):
         cp = backend.cupy_module()
         x = cp.ascontiguousarray(x)
         n, c, h, w = x.shape
-        mean = cp.empty(c, dtype=x.dtype)
-        var = cp.empty(c, dtype=x.dtype)
-        kern = kernels.get("batchnorm.cu", "bn_stats", x.dtype)
-        kern((c,), (_BN_THREADS,), (x, mean, var, numpy.int64(n), numpy.int64(c), numpy.int64(h * w)))
+        mean, var = cp.empty(c, dtype=x.dtype), cp.empty(c, dtype=x.dtype)
+        mu, var_acc = cp.empty(c, dtype=cp.float64), cp.empty(c, dtype=cp.float64)
+        splits = _splits(n * h * w, c)
+        partial = cp.empty((c, splits), dtype=cp.float64)
+        shape, finish = _geometry(x.shape), _kernel("bn_finish", x.dtype)
+        inv_m = numpy.float64(1.0 / (n * h * w))
+        # mu is not read by bn_partial_sum; bn_finish then fills it for bn_partial_sqdev.
+        _kernel("bn_partial_sum", x.dtype)((splits, c), (_BN_THREADS,), (x, mu, partial) + shape)
+        finish((c,), (_BN_THREADS,), (partial, numpy.int64(splits), inv_m, mu, mean))
+        _kernel("bn_partial_sqdev", x.dtype)((splits, c), (_BN_THREADS,), (x, mu, partial) + shape)
+        finish((c,), (_BN_THREADS,), (partial, numpy.int64(splits), inv_m, var_acc, var))
         return mean, var
     mean = x.mean(axis=_AXES)
     centred = x - mean[:, None, None]
@@ -144,15 +151,50 @@ def _batch_stats(x):
 
 
 def _channel_sums_cuda(dy, x, mean, invstd):
-    """sum(dy) and sum(dy * xhat) per channel (kernels/batchnorm.cu, one block per channel)."""
+    """sum(dy) and sum(dy * xhat) per channel (kernels/batchnorm.cu, partial sums then finish)."""
     cp = backend.cupy_module()
     n, c, h, w = dy.shape
-    sum_dy = cp.empty(c, dtype=dy.dtype)
-    sum_dy_xhat = cp.empty(c, dtype=dy.dtype)
-    kern = kernels.get("batchnorm.cu", "bn_backward_reduce", dy.dtype)
-    kern((c,), (_BN_THREADS,), (dy, x, mean, invstd, sum_dy, sum_dy_xhat,
-                                numpy.int64(n), numpy.int64(c), numpy.int64(h * w)))
+    sum_dy, sum_dy_xhat = cp.empty(c, dtype=dy.dtype), cp.empty(c, dtype=dy.dtype)
+    splits = _splits(n * h * w, c)
+    partial_dy, partial_dy_xmu = cp.empty((c, splits), dtype=cp.float64), cp.empty((c, splits), dtype=cp.float64)
+    _kernel("bn_backward_partial", dy.dtype)(
+        (splits, c), (_BN_THREADS,), (dy, x, mean, partial_dy, partial_dy_xmu) + _geometry(dy.shape))
+    _kernel("bn_backward_finish", dy.dtype)(
+        (c,), (_BN_THREADS,), (partial_dy, partial_dy_xmu, numpy.int64(splits), invstd, sum_dy, sum_dy_xhat))
     return sum_dy, sum_dy_xhat
+
+
+def _kernel(name, dtype):
+    return kernels.get("batchnorm.cu", name, dtype)
+
+
+def _geometry(shape):
+    n, c, h, w = shape
+    return numpy.int64(n), numpy.int64(c), numpy.int64(h * w)
+
+
+# A reduction's blocks per channel (S). One block per channel would leave most of a large
+# GPU idle when C is small (vgg_bn's 64 channels on 132 SMs); instead, aim for this many
+# blocks per SM in all, while giving each block at least this many values per thread.
+_BLOCKS_PER_SM = 4
+_MIN_VALUES_PER_THREAD = 8
+_MAX_SPLITS = 1024
+
+
+def splits_for(m, channels, sm_count):
+    """How many blocks share each channel's m values (1 when m or the device is small)."""
+    wanted = -(-_BLOCKS_PER_SM * sm_count // channels)
+    worth = m // (_BN_THREADS * _MIN_VALUES_PER_THREAD)
+    return max(1, min(wanted, worth, _MAX_SPLITS))
+
+
+def _splits(m, channels):
+    return splits_for(m, channels, _sm_count(backend.cupy_module().cuda.Device().id))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_id):
+    return backend.cupy_module().cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"]
 
 
 @functools.lru_cache(maxsize=None)
