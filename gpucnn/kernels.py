@@ -62,12 +62,17 @@ def source_text(filename):
     return _LOCAL_INCLUDE.sub(inline, path.read_text())
 
 
+def nvrtc_options(scalar_t):
+    """The options every kernel source is compiled with by NVRTC (through CuPy)."""
+    return ("-std=c++17", f"-Dscalar_t={scalar_t}")
+
+
 @functools.lru_cache(maxsize=None)
 def _module(filename, scalar_t):
     import cupy
 
     path = kernel_dir() / filename
-    module = cupy.RawModule(code=source_text(filename), options=("-std=c++17", f"-Dscalar_t={scalar_t}"))
+    module = cupy.RawModule(code=source_text(filename), options=nvrtc_options(scalar_t))
     try:
         module.compile()
     except Exception as e:  # CuPy raises CompileException with NVRTC's log

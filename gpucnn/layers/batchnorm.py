@@ -92,7 +92,8 @@ class BatchNorm2d(Layer):
         invstd = 1 / xp.sqrt(var + self.eps)
         if backend.is_cupy_array(x):
             x = xp.ascontiguousarray(x)
-            y = _elementwise().normalize(x, mean, invstd, gamma, beta, h * w, c)
+            ew, index = _elementwise_for(x)
+            y = ew.normalize(x, mean, invstd, gamma, beta, index(h * w), index(c))
             self.save(self.training, x, None, mean, invstd, y)
         else:
             xhat = (x - mean[:, None, None]) * invstd[:, None, None]
@@ -109,11 +110,12 @@ class BatchNorm2d(Layer):
         if backend.is_cupy_array(dy):
             dy = backend.cupy_module().ascontiguousarray(dy)
             sum_dy, sum_dy_xhat = _channel_sums_cuda(dy, x, mean, invstd)
-            ew = _elementwise()
+            ew, index = _elementwise_for(dy)
             if training:
-                dx = ew.dx_train(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, h * w, c, x.dtype.type(1.0 / m))
+                dx = ew.dx_train(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, index(h * w), index(c),
+                                 x.dtype.type(1.0 / m))
             else:
-                dx = ew.dx_eval(dy, invstd, gamma, h * w, c)
+                dx = ew.dx_eval(dy, invstd, gamma, index(h * w), index(c))
         else:
             sum_dy = dy.sum(axis=_AXES)
             sum_dy_xhat = (dy * xhat).sum(axis=_AXES)
@@ -197,38 +199,50 @@ def _sm_count(device_id):
     return backend.cupy_module().cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"]
 
 
+def _elementwise_for(a):
+    """The elementwise kernels for an array of a's size, and the type of their hw, channels."""
+    if a.size <= 0xFFFFFFFF:
+        return _elementwise(True), numpy.uint32
+    return _elementwise(False), numpy.int64
+
+
 @functools.lru_cache(maxsize=None)
-def _elementwise():
+def _elementwise(index32):
     """The elementwise CuPy kernels; `i` is the flat NCHW index, so channel = (i / HW) % C.
 
     Built on first use (CuPy compiles them per dtype itself). Recomputing xhat from x in
-    the dx kernel costs less memory traffic than storing it from the forward pass.
+    the dx kernel costs less memory traffic than storing it from the forward pass. The
+    channel is found in 32-bit unsigned arithmetic whenever the array allows it, for the
+    reason kernels/index32.cuh gives: GPUs have no integer divider, and a 64-bit division
+    is a run-time width test plus, past 32 bits, a long emulation.
     """
     cp = backend.cupy_module()
+    index_t, channel = (
+        ("uint32", "const unsigned int c = ((unsigned int)i / hw) % channels;") if index32
+        else ("int64", "const ptrdiff_t c = (i / hw) % channels;")
+    )
     per_channel = "raw T mean, raw T invstd, raw T weight"
+    suffix = "_i32" if index32 else "_i64"
 
     class Kernels:
         normalize = cp.ElementwiseKernel(
-            f"T x, {per_channel}, raw T bias, int64 hw, int64 channels",
+            f"T x, {per_channel}, raw T bias, {index_t} hw, {index_t} channels",
             "T y",
-            "const ptrdiff_t c = (i / hw) % channels;"
-            "y = (x - mean[c]) * invstd[c] * weight[c] + bias[c];",
-            "gpucnn_bn_normalize",
+            channel + "y = (x - mean[c]) * invstd[c] * weight[c] + bias[c];",
+            "gpucnn_bn_normalize" + suffix,
         )
         dx_train = cp.ElementwiseKernel(
-            f"T x, T dy, {per_channel}, raw T sum_dy, raw T sum_dy_xhat, int64 hw, int64 channels, T inv_m",
+            f"T x, T dy, {per_channel}, raw T sum_dy, raw T sum_dy_xhat, {index_t} hw, {index_t} channels, T inv_m",
             "T dx",
-            "const ptrdiff_t c = (i / hw) % channels;"
-            "const T xhat = (x - mean[c]) * invstd[c];"
+            channel + "const T xhat = (x - mean[c]) * invstd[c];"
             "dx = weight[c] * invstd[c] * (dy - (sum_dy[c] + xhat * sum_dy_xhat[c]) * inv_m);",
-            "gpucnn_bn_dx_train",
+            "gpucnn_bn_dx_train" + suffix,
         )
         dx_eval = cp.ElementwiseKernel(
-            "T dy, raw T invstd, raw T weight, int64 hw, int64 channels",
+            f"T dy, raw T invstd, raw T weight, {index_t} hw, {index_t} channels",
             "T dx",
-            "const ptrdiff_t c = (i / hw) % channels;"
-            "dx = dy * weight[c] * invstd[c];",
-            "gpucnn_bn_dx_eval",
+            channel + "dx = dy * weight[c] * invstd[c];",
+            "gpucnn_bn_dx_eval" + suffix,
         )
 
     return Kernels
