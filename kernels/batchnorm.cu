@@ -79,16 +79,25 @@ __device__ void channel_partial(
     if (threadIdx.x == 0) partial[c * S + s] = v;
 }
 
+// Picks the index width for channel_partial (see index32_ok).
+template <typename F>
+__device__ void channel_partial_any_size(
+    const scalar_t* __restrict__ x, const acc_t* __restrict__ mu, acc_t* __restrict__ partial,
+    long long N, long long C, long long HW, F f)
+{
+    __shared__ acc_t buf[BN_THREADS];
+    if (index32_ok(N, C, HW, gridDim.x))
+        channel_partial<unsigned>(x, mu, partial, (unsigned)N, (unsigned)C, (unsigned)HW, f, buf);
+    else
+        channel_partial<unsigned long long>(x, mu, partial, N, C, HW, f, buf);
+}
+
 // Partial sums of x over each channel (mu is read but unused: pass any C doubles).
 extern "C" __global__ void bn_partial_sum(
     const scalar_t* __restrict__ x, const acc_t* __restrict__ mu, acc_t* __restrict__ partial,
     long long N, long long C, long long HW)
 {
-    __shared__ acc_t buf[BN_THREADS];
-    if (index32_ok(N, C, HW, gridDim.x))
-        channel_partial<unsigned>(x, mu, partial, (unsigned)N, (unsigned)C, (unsigned)HW, Value(), buf);
-    else
-        channel_partial<unsigned long long>(x, mu, partial, N, C, HW, Value(), buf);
+    channel_partial_any_size(x, mu, partial, N, C, HW, Value());
 }
 
 // Partial sums of (x - mu[c])^2 over each channel.
@@ -96,11 +105,7 @@ extern "C" __global__ void bn_partial_sqdev(
     const scalar_t* __restrict__ x, const acc_t* __restrict__ mu, acc_t* __restrict__ partial,
     long long N, long long C, long long HW)
 {
-    __shared__ acc_t buf[BN_THREADS];
-    if (index32_ok(N, C, HW, gridDim.x))
-        channel_partial<unsigned>(x, mu, partial, (unsigned)N, (unsigned)C, (unsigned)HW, SquaredDeviation(), buf);
-    else
-        channel_partial<unsigned long long>(x, mu, partial, N, C, HW, SquaredDeviation(), buf);
+    channel_partial_any_size(x, mu, partial, N, C, HW, SquaredDeviation());
 }
 
 // Block c: total = scale * sum of partial[c*S .. c*S + S-1]; written in double to
