@@ -10,6 +10,7 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 python -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch.__version__)" | tee -a "$out/gpu.txt"
 python -m pytest -q -m gpu tests 2>&1 | tee "$out/gpu_tests.txt"
+python -m pytest -q tests/test_kernels_compile.py 2>&1 | tee -a "$out/gpu_tests.txt"  # NVRTC, as the loader builds them
 python -m gpucnn check --backend cupy 2>&1 | tee "$out/check.txt"
 python scripts/bench.py --backend cupy --json "$out/bench_graph.json" 2>&1 | tee "$out/bench.txt"
 python scripts/bench.py --backend cupy --no-graph --json "$out/bench_eager.json" 2>&1 | tee -a "$out/bench.txt"
