@@ -142,9 +142,10 @@ class Conv2d(Layer):
     def _uses_banded(self, x, ho, wo):
         if self.lowering not in ("auto", "im2col", "banded"):
             raise ValueError(f"Conv2d: lowering must be 'auto', 'im2col' or 'banded', got {self.lowering!r}")
-        if self.lowering != "auto" or backend.is_cupy_array(x):
-            if self.lowering == "banded" and backend.is_cupy_array(x):
-                raise ValueError("Conv2d: the banded lowering is NumPy-only; use 'auto' or 'im2col' on CuPy")
+        on_gpu = backend.is_cupy_array(x)
+        if on_gpu and self.lowering == "banded":
+            raise ValueError("Conv2d: the banded lowering is NumPy-only; use 'auto' or 'im2col' on CuPy")
+        if on_gpu or self.lowering != "auto":
             return self.lowering == "banded"
         (kh, kw), (_, sw), (_, pw) = self.kernel_size, self.stride, self.padding
         n, c, _, w = x.shape
