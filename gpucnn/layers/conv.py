@@ -112,7 +112,7 @@ class Conv2d(Layer):
         return (*self.kernel_size, *self.stride, *self.padding)
 
     def forward(self, x):
-        """Y = W_mat @ im2col(X) + b, returned as a fresh (N, C_out, Ho, Wo) array."""
+        """Y = conv(X, W) + b through the chosen lowering, as a fresh (N, C_out, Ho, Wo) array."""
         self.check_input(x, 4, self.in_channels)
         xp = backend.get_array_module(x)
         n, _, h, w = x.shape
