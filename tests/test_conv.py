@@ -119,6 +119,16 @@ def test_auto_takes_im2col_when_banded_rows_exceed_the_budget(rng, monkeypatch):
     assert layer.saved()[0] == "im2col"
 
 
+def test_banded_on_a_cupy_array_is_refused_by_name(monkeypatch):
+    """The check runs before anything touches the device, so a stand-in for is_cupy_array
+    shows the message on any machine (the GPU test below does it with real CuPy)."""
+    layer = Conv2d(1, 2, 3)
+    layer.lowering = "banded"
+    monkeypatch.setattr(conv.backend, "is_cupy_array", lambda a: True)
+    with pytest.raises(ValueError, match="banded lowering is NumPy-only"):
+        layer.forward(numpy.zeros((1, 1, 5, 5), F32))
+
+
 def test_unknown_lowering():
     layer = Conv2d(1, 2, 3)
     layer.lowering = "winograd"

@@ -66,3 +66,12 @@ def test_pick_libcublas_takes_cupys_cuda_major():
     assert gemm.pick_libcublas(["/x/libcublas.so.12.8.4.1"], 12) == "/x/libcublas.so.12.8.4.1"
     assert gemm.pick_libcublas(["/x/libcublas.so.120"], 12) is None  # not a version 12 file
     assert gemm.pick_libcublas(MAPS, 11) is None
+
+
+@pytest.mark.gpu
+def test_capture_gemm_rejects_other_dtypes():
+    cupy = pytest.importorskip("cupy")
+    handle = gemm.prepare_capture(cupy.cuda.Stream(non_blocking=True))
+    a = cupy.ones((2, 3), dtype=cupy.float16)
+    with pytest.raises(ValueError, match="only float32 and float64.*float16"):
+        handle.gemm(a, a, False, True)
