@@ -1,10 +1,30 @@
 """Sequential: layers run in order forward, in reverse backward.
 
+One exception to the order: a ReLU directly before a MaxPool2d runs after it. ReLU is
+monotone, so max(relu(x)) = relu(max(x)); and the gradients agree: the window's first
+maximum is the same input either way, and it passes dy exactly when it is positive. The
+pair's outputs and gradients are bit for bit the same, while the ReLU touches kh*kw
+times fewer elements (LeNet on NumPy: about 7% faster a step).
+
 state_dict keys match PyTorch's nn.Sequential ("0.weight", "1.running_mean", ...),
 so a PyTorch state_dict converted to NumPy arrays loads as it is.
 """
 
 from gpucnn import backend
+from gpucnn.layers import MaxPool2d, ReLU
+
+
+def run_order(layers):
+    """Indices of `layers` in the order forward runs them (see the module docstring)."""
+    order = list(range(len(layers)))
+    i = 0
+    while i + 1 < len(order):
+        if type(layers[i]) is ReLU and type(layers[i + 1]) is MaxPool2d:
+            order[i], order[i + 1] = i + 1, i
+            i += 2
+        else:
+            i += 1
+    return order
 
 
 class Param:
@@ -52,8 +72,8 @@ class Sequential:
         return f"Sequential(\n{inner}\n)"
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer.forward(x)
+        for i in run_order(self.layers):
+            x = self.layers[i].forward(x)
         return x
 
     def backward(self, grad_out, input_grad=True):
@@ -61,9 +81,9 @@ class Sequential:
         (the trainer has no use for it) and returns None."""
         if not self.layers:
             return grad_out if input_grad else None
-        for layer in reversed(self.layers[1:]):
+        first, *rest = [self.layers[i] for i in run_order(self.layers)]
+        for layer in reversed(rest):
             grad_out = layer.backward(grad_out)
-        first = self.layers[0]
         if not input_grad and getattr(first, "skips_input_grad", False):
             first.backward(grad_out, input_grad=False)
             return None

@@ -2,8 +2,9 @@
 import numpy
 import pytest
 
-from gpucnn import Sequential
-from gpucnn.layers import BatchNorm2d, Conv2d, Flatten, Linear, ReLU
+from gpucnn import Sequential, models
+from gpucnn.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU
+from gpucnn.sequential import run_order
 
 
 def net():
@@ -56,3 +57,44 @@ def test_backward_runs_in_reverse_and_can_skip_the_input_gradient():
 def test_not_a_layer_is_named():
     with pytest.raises(ValueError, match="item 1"):
         Sequential(ReLU(), "relu")
+
+
+def test_run_order_puts_maxpool_before_the_relu_just_ahead_of_it():
+    assert run_order(models.lenet().layers) == [0, 2, 1, 3, 5, 4, 6, 7, 8, 9, 10, 11]
+    assert run_order(models.vgg_bn().layers)[:8] == [0, 1, 2, 3, 4, 6, 5, 7]
+    assert run_order([ReLU(), ReLU(), MaxPool2d(2), MaxPool2d(2)]) == [0, 2, 1, 3]
+    assert run_order(net().layers) == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("first_conv", [True, False])
+def test_swapped_relu_and_maxpool_give_bit_identical_results(first_conv):
+    """Against the same layers run one by one in the written order. Small integers make
+    ties, zeros and all-negative windows common, where the two orders could differ."""
+    rng = numpy.random.default_rng(1)
+    head = [Conv2d(1, 3, 3, padding=1)] if first_conv else []
+    model = Sequential(*head, ReLU(), MaxPool2d(2), Flatten(), Linear(3 * 3 * 3 if first_conv else 9, 4))
+    for layer in model.layers:
+        for name, p in layer.params.items():
+            p[...] = rng.integers(-1, 2, p.shape)  # exact integer sums: ties survive the conv
+    x = rng.integers(-2, 3, (5, 1, 6, 6)).astype(numpy.float32)
+    dy = rng.standard_normal((5, 4)).astype(numpy.float32)
+    pre = model.layers[0].forward(x) if first_conv else x  # what the ReLU gets
+    windows = pre.reshape(5, -1, 3, 2, 3, 2).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 4)
+    top = windows.max(axis=1)
+    assert (top <= 0).any() and ((windows == top[:, None]).sum(axis=1)[top > 0] > 1).any()
+
+    y = model.forward(x)
+    dx = model.backward(dy)
+    grads = [dict(layer.grads) for layer in model.layers]
+
+    h = x
+    for layer in model.layers:  # the written order, layer by layer
+        h = layer.forward(h)
+    d = dy
+    for layer in reversed(model.layers):
+        d = layer.backward(d)
+    numpy.testing.assert_array_equal(y, h)
+    numpy.testing.assert_array_equal(dx, d)
+    for before, layer in zip(grads, model.layers):
+        for name in before:
+            numpy.testing.assert_array_equal(before[name], layer.grads[name])
