@@ -94,7 +94,9 @@ def main(argv=None):
     if getattr(args, "tf32", False):
         os.environ["CUPY_TF32"] = "1"  # read by CuPy when it loads, which is after this
     from gpucnn.errors import GpucnnError
+    from gpucnn.host_memory import keep_freed_memory
 
+    keep_freed_memory()
     try:
         return args.func(args) or 0
     except GpucnnError as e:

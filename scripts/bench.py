@@ -35,6 +35,9 @@ def parse():
     p.add_argument("--steps", type=int, default=0, help="steps per repeat (default: about 0.5 s of work)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--json", metavar="FILE", help="write the rows as JSON")
+    p.add_argument("--malloc-default", action="store_true",
+                   help="leave glibc's malloc as it is (default: keep freed memory, as `gpucnn train` does; "
+                        "both frameworks run in this one process, so both get the same allocator)")
     return p.parse_args()
 
 
@@ -149,7 +152,9 @@ def main():
     if args.tf32:
         os.environ["CUPY_TF32"] = "1"
     from gpucnn import backend
+    from gpucnn.host_memory import keep_freed_memory
 
+    kept = False if args.malloc_default else keep_freed_memory()
     on_gpu = backend.name() == "cupy"
     torch = None
     if not args.no_torch:
@@ -165,7 +170,8 @@ def main():
 
     where = "GPU" if on_gpu else f"CPU ({os.cpu_count()} cores)"
     mode = ("CUDA graphs" if on_gpu and not args.no_graph else "eager") + (", TF32" if args.tf32 else ", fp32")
-    print(f"gpucnn {backend.name()} backend on {where}, {mode}; median of {args.repeats} repeats, interleaved")
+    print(f"gpucnn {backend.name()} backend on {where}, {mode}; median of {args.repeats} repeats, interleaved; "
+          f"host malloc {'keeps freed memory' if kept else 'as the system has it'}")
     header = f"{'case':<12} {'gpucnn img/s':>13} {'torch img/s':>12} {'ratio':>6} {'gpucnn MiB':>11} {'torch MiB':>10} {'mem ratio':>9}"
     print(header)
     rows = []
@@ -197,7 +203,7 @@ def main():
         del model
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": where, "mode": mode, "rows": rows}, f, indent=2)
+            json.dump({"device": where, "mode": mode, "keeps_freed_memory": kept, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
