@@ -52,3 +52,14 @@ def cupy_matches_numpy(layer, twin, x, rng, cupy):
     for name in layer.grads:
         assert isinstance(twin.grads[name], cupy.ndarray)
         close(twin.grads[name], layer.grads[name])
+
+
+def in_memory_order(a, order):
+    """The values of `a`, same shape, with axes laid out in memory in `order` (outermost first):
+    (0, 2, 1, 3) gives an NCHW array whose memory is (N, H, C, W)."""
+    return numpy.ascontiguousarray(a.transpose(order)).transpose(numpy.argsort(order))
+
+
+def memory_order(a):
+    """The axes of `a` from the largest stride to the smallest."""
+    return tuple(sorted(range(a.ndim), key=lambda i: -a.strides[i]))

@@ -5,7 +5,7 @@ import pytest
 from gpucnn.gradcheck import check_layer
 from gpucnn.layers import Flatten, ReLU, Softmax
 
-from helpers import close
+from helpers import close, in_memory_order, memory_order
 
 F32, F64 = numpy.float32, numpy.float64
 
@@ -76,6 +76,17 @@ def test_flatten_order_matches_torch(rng):
     numpy.testing.assert_array_equal(y, torch.nn.Flatten()(torch.tensor(x)).numpy())
     dy = rng.standard_normal(y.shape).astype(F32)
     numpy.testing.assert_array_equal(flat.backward(dy), dy.reshape(x.shape))
+
+
+def test_flatten_backward_keeps_the_input_memory_order(rng):
+    x = in_memory_order(rng.standard_normal((2, 3, 4, 5)).astype(numpy.float32), (0, 2, 1, 3))
+    flat = Flatten()
+    y = flat.forward(x)
+    numpy.testing.assert_array_equal(y, numpy.ascontiguousarray(x).reshape(2, 60))  # C order of the values
+    dy = rng.standard_normal(y.shape).astype(numpy.float32)
+    dx = flat.backward(dy)
+    numpy.testing.assert_array_equal(dx, dy.reshape(x.shape))
+    assert memory_order(dx) == (0, 2, 1, 3)
 
 
 def test_flatten_errors():

@@ -6,7 +6,7 @@ from gpucnn.gradcheck import check_layer
 from gpucnn.layers import Conv2d, conv
 from gpucnn.layers.im2col import col2im, im2col
 
-from helpers import close, cupy_matches_numpy, matches_torch, passes_gradient_check
+from helpers import close, cupy_matches_numpy, in_memory_order, matches_torch, memory_order, passes_gradient_check
 
 F32, F64 = numpy.float32, numpy.float64
 
@@ -148,6 +148,39 @@ def test_outputs_are_fresh_and_grads_overwritten(lowering, rng):
     dx2, g2 = layer.backward(dy), layer.grads["weight"]
     numpy.testing.assert_array_equal(dx1, dx2)
     numpy.testing.assert_array_equal(g1, g2)  # overwritten, not accumulated
+
+
+ROWS_ORDER = (0, 2, 1, 3)  # NCHW values in (N, H, C, W) memory: what banded hands out
+
+
+@pytest.mark.parametrize("lowering", LOWERINGS)
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[6], CASES[9]], ids=ids)
+def test_any_memory_order_in_gives_the_same_numbers(case, lowering, rng):
+    """x and dy as C-order arrays, as (N, H, C, W)-ordered views, and as strided slices."""
+    layer, x = make(case, rng, F64, lowering)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    grads = {k: v.copy() for k, v in layer.grads.items()}
+
+    def strided(a):  # every other column of an array twice as wide
+        wide = numpy.zeros(a.shape[:3] + (2 * a.shape[3],))
+        wide[..., ::2] = a
+        return wide[..., ::2]
+
+    for x_in, dy_in in [(in_memory_order(x, ROWS_ORDER), in_memory_order(dy, ROWS_ORDER)), (strided(x), strided(dy))]:
+        close(layer.forward(x_in), y, rtol=1e-12)
+        close(layer.backward(dy_in), dx, rtol=1e-12)
+        for name, g in grads.items():
+            close(layer.grads[name], g, rtol=1e-12)
+
+
+def test_banded_hands_out_row_order_and_takes_its_gradient_back_in_it(rng):
+    layer, x = make(LENET[1], rng, F32, "banded")
+    y = layer.forward(x)
+    assert memory_order(y) == ROWS_ORDER and not numpy.shares_memory(y, x)
+    dx = layer.backward(in_memory_order(rng.standard_normal(y.shape).astype(F32), ROWS_ORDER))
+    assert memory_order(dx) == ROWS_ORDER
 
 
 # --- over COLS_BUDGET_BYTES: chunks of whole samples, cols rebuilt in backward --------------

@@ -5,7 +5,7 @@ import pytest
 from gpucnn.gradcheck import check_layer
 from gpucnn.layers import MaxPool2d
 
-from helpers import close
+from helpers import close, in_memory_order, memory_order
 
 F32, F64 = numpy.float32, numpy.float64
 
@@ -142,6 +142,20 @@ def test_matches_torch_float32(k, s, shape, ties, rng):
 
 
 # --- errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k,s", [(2, 2), (3, 2)])  # tiling windows, and overlapping ones
+def test_any_memory_order_in_and_dx_keeps_it(k, s, rng):
+    x = rng.standard_normal((2, 3, 7, 6)).astype(numpy.float32)
+    pool = MaxPool2d(k, s)
+    y = pool.forward(x)
+    dy = rng.standard_normal(y.shape).astype(numpy.float32)
+    dx = pool.backward(dy)
+    order = (0, 2, 1, 3)
+    numpy.testing.assert_array_equal(pool.forward(in_memory_order(x, order)), y)
+    dx_rows = pool.backward(in_memory_order(dy, order))
+    numpy.testing.assert_array_equal(dx_rows, dx)
+    assert memory_order(dx_rows) == order
 
 
 def test_errors_name_the_layer():

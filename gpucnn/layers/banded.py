@@ -54,7 +54,8 @@ def band_grad(d_band, weight_shape, wp, wo, sw, with_bias):
 
 
 def rows(x, kh, sh, ph, pw, ones):
-    """(N, C, H, W) -> (N*Ho, kh*C*Wp [+1]): the padded input rows under each output row."""
+    """(N, C, H, W) in any memory order -> (N*Ho, kh*C*Wp [+1]): the padded input rows under
+    each output row."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * ph, w + 2 * pw
     ho = out_size(h, kh, sh, ph)
@@ -62,11 +63,11 @@ def rows(x, kh, sh, ph, pw, ones):
         xpad = numpy.zeros((n, c, hp, wp), x.dtype)
         xpad[:, :, ph : ph + h, pw : pw + w] = x
     else:
-        xpad = numpy.ascontiguousarray(x)
-    e = x.itemsize
+        xpad = x
     k = kh * c * wp
     r = numpy.empty((n, ho, k + ones), x.dtype)
-    under = as_strided(xpad, shape=(n, ho, kh, c, wp), strides=(c * hp * wp * e, sh * wp * e, wp * e, hp * wp * e, e))
+    s_n, s_c, s_h, s_w = xpad.strides  # x's own: it is read where it lies, in any order
+    under = as_strided(xpad, shape=(n, ho, kh, c, wp), strides=(s_n, sh * s_h, s_h, s_c, s_w))
     r[..., :k].reshape(n, ho, kh, c, wp)[...] = under
     if ones:
         r[..., k] = 1
@@ -74,15 +75,16 @@ def rows(x, kh, sh, ph, pw, ones):
 
 
 def rows_to_image(d_rows, x_shape, kh, sh, ph, pw):
-    """Adjoint of rows() (without the ones column): add each row entry back onto its pixel."""
+    """Adjoint of rows() (without the ones column): add each row entry back onto its pixel.
+    Returns dX as an NCHW view in (N, H, C, W) memory order, the order the sums are made in."""
     n, c, h, w = x_shape
     hp, wp = h + 2 * ph, w + 2 * pw
     ho = out_size(h, kh, sh, ph)
     d = d_rows[:, : kh * c * wp].reshape(n, ho, kh, c * wp)
     # Accumulate in (N, Hp, C, Wp) order, where each kernel row p is one add of whole
-    # (C*Wp)-long runs, then transpose once to NCHW.
+    # (C*Wp)-long runs.
     acc = numpy.zeros((n, hp, c * wp), d_rows.dtype)
     for p in range(kh):
         acc[:, p : p + sh * (ho - 1) + 1 : sh] += d[:, :, p]
     acc = acc.reshape(n, hp, c, wp)[:, ph : ph + h, :, pw : pw + w]
-    return numpy.ascontiguousarray(acc.transpose(0, 2, 1, 3))
+    return acc.transpose(0, 2, 1, 3)

@@ -112,7 +112,8 @@ class Conv2d(Layer):
         return (*self.kernel_size, *self.stride, *self.padding)
 
     def forward(self, x):
-        """Y = conv(X, W) + b through the chosen lowering, as a fresh (N, C_out, Ho, Wo) array."""
+        """Y = conv(X, W) + b through the chosen lowering, as a new (N, C_out, Ho, Wo) array
+        (C-contiguous from im2col; in (N, Ho, C_out, Wo) memory order from banded)."""
         self.check_input(x, 4, self.in_channels)
         xp = backend.get_array_module(x)
         n, _, h, w = x.shape
@@ -155,14 +156,19 @@ class Conv2d(Layer):
             c, self.out_channels, kh, kw, wp, cols_width(x, kw, sw, pw), wo)
 
     def _forward_banded(self, x, ho, wo):
-        """Y = rows(X) @ band(W, b), from (N, Ho, C_out, Wo) to a fresh NCHW array."""
+        """Y = rows(X) @ band(W, b), (N*Ho, C_out*Wo), returned as an NCHW view of itself.
+
+        No copy to NCHW memory order: the layers after it keep the order they are given
+        (see Layer), so the dY that comes back is in this same order and backward reads
+        it as dY rows without a transpose either. Two copies of the activation saved.
+        """
         (kh, _), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         bias = self.params.get("bias")
         r = banded.rows(x, kh, sh, ph, pw, ones=bias is not None)
         m = banded.band(self.params["weight"], bias, x.shape[3] + 2 * pw, wo, sw)
         y_rows = r @ m
         n = x.shape[0]
-        y = numpy.ascontiguousarray(y_rows.reshape(n, ho, self.out_channels, wo).transpose(0, 2, 1, 3))
+        y = y_rows.reshape(n, ho, self.out_channels, wo).transpose(0, 2, 1, 3)  # a view
         self.save("banded", tuple(x.shape), r, m, y)
         return y
 
@@ -225,6 +231,7 @@ class Conv2d(Layer):
         self.check_grad(dy, y)
         (kh, _), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         n, o, ho, wo = dy.shape
+        # No copy when dy came back in forward's (N, Ho, C_out, Wo) memory order.
         dy_rows = numpy.ascontiguousarray(dy.transpose(0, 2, 1, 3)).reshape(n * ho, o * wo)
         with_bias = "bias" in self.params
         # OpenBLAS runs rows^T @ dY about 1.4x faster as (dY^T @ rows)^T when rows is no

@@ -1,6 +1,8 @@
-"""Flatten: (N, d1, d2, ...) -> (N, d1*d2*...) in C order; backward reshapes dy back."""
+"""Flatten: (N, d1, d2, ...) -> (N, d1*d2*...) in C order; backward reshapes dy back
+(into the memory order x had)."""
 import math
 
+from gpucnn import backend
 from gpucnn.layers.base import Layer
 
 
@@ -13,10 +15,16 @@ class Flatten(Layer):
             raise ValueError(f"{name}: expected an input (N, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
         self.check_input(x, x.ndim)  # dtype
         y = x.reshape(x.shape[0], math.prod(x.shape[1:]))
-        self.save(tuple(x.shape), y)
+        self.save(x, y)
         return y
 
     def backward(self, dy):
-        shape, y = self.saved()
+        x, y = self.saved()
         self.check_grad(dy, y)
-        return dy.reshape(shape)
+        if x.flags.c_contiguous:
+            return dy.reshape(x.shape)
+        # In x's memory order, which the layers below keep (see Layer): one small copy here
+        # instead of mixed orders, several times slower, in every layer below.
+        dx = backend.get_array_module(dy).empty_like(x)
+        dx[...] = dy.reshape(x.shape)
+        return dx
