@@ -2,11 +2,11 @@
 
 glibc's malloc serves large blocks with mmap and unmaps them on free, and trims the heap's
 top once it holds more than a few hundred KiB free. A NumPy training step makes fresh
-temporaries of the same sizes every step, so each step faulted its pages in again, each
-4 KiB page zeroed by the kernel: about 340 page faults a LeNet step at batch 128 and 9,000
-a VGG step on the 2-core VM of docs/benchmarks.md, where they cost 8% and 22% of the
-step's time. Serving every block from the heap and never trimming it (what jemalloc or
-tcmalloc, often preloaded for PyTorch on CPUs, also do) brings that to a few a step.
+temporaries of the same sizes every step, so each step faulted their pages in again, each
+4 KiB page zeroed by the kernel: about 360 page faults a LeNet step at batch 128 and 24,000
+a vgg_bn step on the 2-core VM of docs/benchmarks.md, about 8% and 18% of the step's time.
+Serving every block from the heap and never trimming it brings that to about none: the
+trade jemalloc and tcmalloc (often preloaded for PyTorch on CPUs) make too.
 
 The cost: memory the process freed is kept, not returned to the OS. A trainer's peak is
 reached in its first step, so its resident size stays what it was at the peak.
