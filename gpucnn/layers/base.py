@@ -14,7 +14,7 @@ class Layer:
     Arrays may come in any memory order; results keep the order of what they were made
     from where NumPy allows (ufuncs do by themselves). On NumPy, the banded Conv2d hands
     out (N, H, C, W) memory order, and a net that keeps it end to end skips a transpose
-    per conv each way (LeNet: about 10% of a step); mixing orders costs more than that.
+    per conv each way (a LeNet step: 7.3 to 6.2 ms); mixing orders costs more than that.
     """
 
     # Layers whose backward takes input_grad=False and then skips computing dX.
