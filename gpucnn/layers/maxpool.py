@@ -99,7 +99,7 @@ def _empty_in_order_of(a, shape, dtype):
     """An empty array of `shape` whose axes lie in memory in the same order as a's, so dX
     keeps the memory order x came in (writing across orders costs up to 3x here)."""
     order = sorted(range(a.ndim), key=lambda i: -a.strides[i])
-    return numpy.empty([shape[i] for i in order], dtype).transpose(numpy.argsort(order))
+    return numpy.empty([shape[i] for i in order], dtype).transpose([order.index(i) for i in range(a.ndim)])
 
 
 def _route(d, arg, shape, axis, k, s, n):
