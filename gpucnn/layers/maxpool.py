@@ -95,26 +95,20 @@ def _forward_numpy(x, k, s, ho, wo):
     return y, (row, col)
 
 
-def _empty_in_order_of(a, shape, dtype):
-    """An empty array of `shape` whose axes lie in memory in the same order as a's, so dX
-    keeps the memory order x came in (writing across orders costs up to 3x here)."""
-    order = sorted(range(a.ndim), key=lambda i: -a.strides[i])
-    return numpy.empty([shape[i] for i in order], dtype).transpose([order.index(i) for i in range(a.ndim)])
-
-
 def _route(d, arg, shape, axis, k, s, n):
-    """Undo one _max_along pass: send d[.., o, ..] to tap arg[o] of window o along `axis`."""
+    """Undo one _max_along pass: send d[.., o, ..] to tap arg[o] of window o along `axis`.
+    `out` takes arg's memory order (empty_like keeps it), so dX keeps the order x came in:
+    writing across orders costs up to 3x here."""
     if k == s:
         # Windows tile the axis without overlap: every input is written at most once, so
         # write in place; only a remainder past the last window (never pooled) needs zeros.
-        out = _empty_in_order_of(arg, shape, d.dtype)
+        out = numpy.empty_like(arg, dtype=d.dtype, shape=shape)
         _taps(out, axis, k * n, 1, shape[axis] - k * n)[...] = 0
         for j in range(k):
             numpy.multiply(d, arg == j, out=_taps(out, axis, j, s, n))
     else:
         # Overlap (k > s) must add up contributions; gaps (k < s) must stay zero.
-        out = _empty_in_order_of(arg, shape, d.dtype)
-        out[...] = 0
+        out = numpy.zeros_like(arg, dtype=d.dtype, shape=shape)
         for j in range(k):
             view = _taps(out, axis, j, s, n)
             view += d * (arg == j)
