@@ -2,25 +2,35 @@
 import importlib.util
 import json
 import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
+from gpucnn.host_memory import user_configured_malloc
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bench_script_writes_rows(tmp_path):
+@pytest.mark.parametrize("malloc_default", [False, True])
+def test_bench_script_writes_rows(tmp_path, malloc_default):
     out = tmp_path / "bench.json"
-    env = dict(os.environ, PYTHONPATH=ROOT, GPUCNN_BACKEND="numpy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    env.update(PYTHONPATH=ROOT, GPUCNN_BACKEND="numpy")
     args = ["--cases", "lenet-128", "--repeats", "1", "--steps", "2", "--warmup", "1", "--json", str(out)]
+    if malloc_default:
+        args.append("--malloc-default")
     if importlib.util.find_spec("torch") is None:
         args.append("--no-torch")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), *args],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "lenet-128" in proc.stdout
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    glibc = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert report["keeps_freed_memory"] == (glibc and not malloc_default and not user_configured_malloc(env))
+    rows = report["rows"]
     assert rows[0]["case"] == "lenet-128" and rows[0]["gpucnn_img_s"] > 0
     if "--no-torch" not in args:
         assert rows[0]["torch_img_s"] > 0
