@@ -7,10 +7,8 @@ string entry, "__checkpoint__", which also records the nesting: an array appears
 as {"__array__": "<entry name>"} and a tuple as {"__tuple__": [...]}, so nested
 optimiser state and RNG states (tuples, big ints) come back as they were saved.
 """
-import contextlib
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 
@@ -18,17 +16,12 @@ import numpy
 
 from gpucnn import backend
 from gpucnn.errors import GpucnnError
+from gpucnn.outputs import write_atomically
 
 FORMAT = "gpucnn-checkpoint"
 VERSION = 1
 _JSON_ENTRY = "__checkpoint__"
 _ARRAY, _TUPLE = "__array__", "__tuple__"
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class CheckpointError(GpucnnError, ValueError):
@@ -39,8 +32,8 @@ def save_checkpoint(path, *, model_state, optim_state=None, meta=None):
     """Write model_state (flat {key: array}), optim_state (nested, or None) and meta
     (JSON-like: dicts with str keys, lists, tuples, numbers, str, None, arrays) to `path`.
 
-    Atomic: the file is written under a temporary name in the same directory, flushed to
-    disk, then renamed over `path`, so a crash or an error leaves the previous checkpoint.
+    Atomic (gpucnn.outputs.write_atomically): a crash or an error leaves the previous
+    checkpoint. A symlinked `path` keeps its link; the target is replaced.
     """
     path = os.fspath(path)
     if not isinstance(model_state, dict) or not all(_is_array(v) for v in model_state.values()):
@@ -54,20 +47,23 @@ def save_checkpoint(path, *, model_state, optim_state=None, meta=None):
         "meta": _encode(meta or {}, ("meta",), arrays),
     }
     arrays[_JSON_ENTRY] = numpy.array(json.dumps(tree))
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    write_atomically(path, lambda f: numpy.savez(f, **arrays))
+
+
+def is_checkpoint(path):
+    """Whether `path` is a file gpucnn wrote as a checkpoint: its own marker entry says so.
+
+    Reads only the zip directory and the JSON entry, not the arrays, so it is cheap."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            numpy.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s usual mode
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_directory(directory)  # makes the rename itself survive a power cut
+        with zipfile.ZipFile(path) as z:
+            member = z.getinfo(_JSON_ENTRY + ".npy")
+            if member.file_size > 64 << 20:
+                return False
+            with z.open(member) as f:
+                tree = json.loads(str(numpy.lib.format.read_array(f, allow_pickle=False)[()]))
+    except (OSError, KeyError, ValueError, IndexError, EOFError, zipfile.BadZipFile, zlib.error):
+        return False
+    return isinstance(tree, dict) and tree.get("format") == FORMAT
 
 
 def load_checkpoint(path):
@@ -180,18 +176,6 @@ def _decode(obj, arrays, path):
         return [_decode(v, arrays, path) for v in obj]
     return obj
 
-
-def _fsync_directory(directory):
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # Windows cannot open a directory; the rename is atomic anyway
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _clip(items, n=8):

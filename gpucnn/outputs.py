@@ -1,0 +1,106 @@
+"""Where gpucnn may write, and how: the one guard every command that writes a file goes through.
+
+A path may be written when nothing is there yet, or when what is there is a file of ours
+(the caller's `is_ours` reads the file's own marker, never its name). A symlink is followed:
+its target is replaced and the link is kept. Devices, FIFOs, sockets and directories are
+refused. Writes are atomic: a hidden temporary beside the target, flushed, then renamed.
+"""
+import contextlib
+import glob
+import os
+import stat
+import tempfile
+
+from gpucnn.errors import GpucnnError
+
+
+class OutputError(GpucnnError, ValueError):
+    """An output path that gpucnn refuses to write; the message names the path and why."""
+
+
+def check_output(path, *, what, is_ours):
+    """The real path to write `what` (e.g. "checkpoint") to, or OutputError.
+
+    `is_ours(real_path) -> bool` says whether an existing regular file is one gpucnn wrote
+    of this kind. The parent directory is created if missing; it must be writable.
+    """
+    path = os.fspath(path)
+    if not path:
+        raise OutputError(f"empty path given for the {what}")
+    real = os.path.realpath(path)
+    if os.path.lexists(real):
+        mode = os.stat(real).st_mode if os.path.exists(real) else 0
+        if stat.S_ISDIR(mode):
+            raise OutputError(f"{path}: is a directory; give a file path for the {what}")
+        if not stat.S_ISREG(mode):
+            raise OutputError(f"{path}: is not a regular file (a device, FIFO, socket or broken link); refusing to write the {what} there")
+        if not is_ours(real):
+            raise OutputError(f"{path}: already exists and is not a gpucnn {what}; refusing to overwrite it (choose another path or move the file)")
+    directory = os.path.dirname(real) or "."
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot create the directory {directory} for the {what}: {e.strerror}") from None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: the directory {directory} is not writable; cannot write the {what}")
+    return real
+
+
+def check_distinct(**paths):
+    """OutputError if two of the named paths (flag name -> path or None) are the same file."""
+    seen = {}
+    for flag, p in paths.items():
+        if p is None:
+            continue
+        real = os.path.realpath(os.fspath(p))
+        if real in seen:
+            raise OutputError(f"{seen[real]} and {flag} name the same file ({p}); give them different paths")
+        seen[real] = flag
+
+
+def write_atomically(path, write):
+    """Call write(binary_file) on a temporary beside `path` (its symlink target), then rename it
+    over the target. A crash or an error leaves what was there before; temporaries that an
+    earlier killed write left for this same target are removed first."""
+    real = os.path.realpath(os.fspath(path))
+    directory, name = os.path.split(real)
+    _remove_stale_temporaries(directory, name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s usual mode
+        os.replace(tmp, real)
+    except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)  # makes the rename itself survive a power cut
+
+
+def _remove_stale_temporaries(directory, name):
+    for stale in glob.glob(os.path.join(glob.escape(directory), f".{glob.escape(name)}.*.tmp")):
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(stale).st_mode):
+                os.unlink(stale)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory; the rename is atomic anyway
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
