@@ -8,9 +8,14 @@
 
 // Forward: one thread per output element, in a grid-stride loop so any array size works
 // with any grid. Writes the window's max and the flat index (h*W + w inside its (H, W)
-// plane) of its FIRST maximum in row-major order, as PyTorch does: the comparison is
-// strict, so a later equal value never replaces an earlier one. The running max starts
-// from the window's first element, not from a sentinel value.
+// plane) of the element that won, by PyTorch's rule (its CPU and CUDA kernels alike):
+// - no NaN in the window: the FIRST maximum in row-major order; the comparison is strict,
+//   so a later equal value never replaces an earlier one;
+// - a NaN in the window: the max is NaN and the LAST NaN in row-major order wins, since
+//   every NaN replaces the running best (NaN != NaN) and no number replaces a NaN
+//   (v > NaN is false).
+// The running max starts from the window's first element, not from a sentinel value.
+// gpucnn/layers/maxpool.py follows the same rule on NumPy.
 template <typename index_t>
 __device__ void maxpool2d_forward_loop(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int* __restrict__ argmax,
@@ -30,7 +35,7 @@ __device__ void maxpool2d_forward_loop(
             for (int j = 0; j < kw; ++j) {
                 const int at = (h0 + i) * W + (w0 + j);
                 const scalar_t v = xp[at];
-                if (v > best || v != v) {  // v != v: a NaN wins and stays, as in PyTorch
+                if (v > best || v != v) {  // v != v: each NaN takes over, so the last one wins
                     best = v;
                     best_at = at;
                 }

@@ -33,8 +33,17 @@ def distinct(rng, shape, dtype=F64):
 
 
 
+def winner(win):
+    """(row, col) of the element that wins a window, by PyTorch's rule: the last NaN in
+    row-major order if there is one, else the first maximum."""
+    flat = win.ravel()
+    nans = numpy.flatnonzero(numpy.isnan(flat))
+    at = nans[-1] if nans.size else numpy.argmax(flat)  # numpy's argmax: first max
+    return numpy.unravel_index(at, win.shape)
+
+
 def reference(x, k, s):
-    """Loop-by-loop max pooling: (y, dx routing function) with first-max tie breaking."""
+    """Loop-by-loop max pooling: (y, dx routing function), ties and NaNs as in `winner`."""
     s = k if s is None else s
     kh, kw = (k, k) if isinstance(k, int) else k
     sh, sw = (s, s) if isinstance(s, int) else s
@@ -45,7 +54,7 @@ def reference(x, k, s):
     for idx in numpy.ndindex(n, c, ho, wo):
         b, ch, i, j = idx
         win = x[b, ch, i * sh:i * sh + kh, j * sw:j * sw + kw]
-        p, q = numpy.unravel_index(numpy.argmax(win), win.shape)  # numpy's argmax: first max
+        p, q = winner(win)
         y[idx] = win[p, q]
         where[idx] = (i * sh + p, j * sw + q)
 
@@ -89,6 +98,51 @@ def test_ties_go_to_the_first_maximum_in_row_major_order():
     numpy.testing.assert_array_equal(dx, expected)
 
 
+def with_nans(rng, shape, share=0.3, dtype=F64):
+    """Small integers (ties) with about `share` of them NaN: windows with none, one, several."""
+    x = rng.integers(0, 3, size=shape).astype(dtype)
+    x[rng.random(shape) < share] = numpy.nan
+    return x
+
+
+def test_torch_nan_rule_is_what_we_say():
+    """PyTorch itself, on the cases that tell the rules apart: the LAST NaN wins."""
+    torch = pytest.importorskip("torch")
+    nan = numpy.nan
+    for window, at in [([[1, nan], [nan, 2]], 2), ([[nan, nan], [nan, nan]], 3),
+                       ([[5, 1], [nan, 0]], 2), ([[nan, 9], [1, 2]], 0)]:
+        xt = torch.tensor([[window]], dtype=torch.float32, requires_grad=True)
+        yt, idx = torch.nn.functional.max_pool2d(xt, 2, return_indices=True)
+        yt.sum().backward()
+        assert torch.isnan(yt).all() and idx.item() == at and xt.grad.flatten()[at] == 1
+        assert winner(numpy.array(window, F64)) == numpy.unravel_index(at, (2, 2))
+
+
+def test_nan_goes_to_the_last_nan_in_row_major_order():
+    nan = numpy.nan
+    x = numpy.array([[[[1.0, nan], [nan, 2.0]],   # two NaNs: (1, 0), the later one
+                      [[nan, 9.0], [1.0, 2.0]],   # a NaN first, numbers after: it stays
+                      [[nan, nan], [nan, nan]]]])  # all NaN: the last element
+    layer = MaxPool2d(2, dtype=F64)
+    y = layer.forward(x)
+    assert numpy.isnan(y).all()
+    dx = layer.backward(numpy.full(y.shape, 3.0))
+    expected = numpy.zeros_like(x)
+    expected[0, 0, 1, 0] = expected[0, 1, 0, 0] = expected[0, 2, 1, 1] = 3.0
+    numpy.testing.assert_array_equal(dx, expected)
+
+
+@pytest.mark.parametrize("k,s,shape", CASES)
+def test_nans_match_loop_reference(k, s, shape, rng):
+    x = with_nans(rng, shape)
+    layer = MaxPool2d(k, s, dtype=F64)
+    y = layer.forward(x)
+    y_ref, route = reference(x, k, s)
+    numpy.testing.assert_array_equal(y, y_ref)  # NaN where the reference has NaN
+    dy = rng.standard_normal(y.shape)
+    numpy.testing.assert_allclose(layer.backward(dy), route(dy), rtol=1e-12, atol=1e-12)
+
+
 def test_overlapping_windows_accumulate():
     # One global max at the centre of a 5x5 plane is in all four k3 s2 windows.
     x = numpy.zeros((1, 1, 5, 5))
@@ -121,11 +175,13 @@ TORCH_CASES = [(2, 2, (4, 3, 12, 10)), (3, 2, (2, 3, 9, 11)), (2, 1, (3, 2, 6, 7
                ((2, 3), (1, 2), (2, 2, 8, 9))]
 
 
-@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+@pytest.mark.parametrize("ties", [False, True, "nans"], ids=["distinct", "ties", "nans"])
 @pytest.mark.parametrize("k,s,shape", TORCH_CASES)
 def test_matches_torch_float32(k, s, shape, ties, rng):
     torch = pytest.importorskip("torch")
-    if ties:  # ReLU-like input: whole windows of zeros
+    if ties == "nans":
+        x = with_nans(rng, shape, dtype=F32)
+    elif ties:  # ReLU-like input: whole windows of zeros
         x = numpy.maximum(rng.standard_normal(shape), 0).astype(F32)
     else:
         x = rng.standard_normal(shape).astype(F32)
@@ -201,6 +257,18 @@ def test_cupy_matches_numpy(k, s, shape, rng):
     dx_gpu = gpu.backward(cupy.asarray(dy))
     assert isinstance(dx_gpu, cupy.ndarray) and dx_gpu.dtype == F32
     close(dx_gpu, cpu.backward(dy))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k,s,shape", CASES)
+def test_cupy_nan_rule_matches_numpy(k, s, shape, rng):
+    cupy = pytest.importorskip("cupy")
+    x = with_nans(rng, shape, dtype=F32)
+    cpu, gpu = MaxPool2d(k, s), MaxPool2d(k, s)
+    y = cpu.forward(x)
+    numpy.testing.assert_array_equal(gpu.forward(cupy.asarray(x)).get(), y)
+    dy = rng.standard_normal(y.shape).astype(F32)
+    close(gpu.backward(cupy.asarray(dy)), cpu.backward(dy))  # overlaps may sum in another order
 
 
 @pytest.mark.gpu

@@ -98,3 +98,22 @@ def test_swapped_relu_and_maxpool_give_bit_identical_results(first_conv):
     for before, layer in zip(grads, model.layers):
         for name in before:
             numpy.testing.assert_array_equal(before[name], layer.grads[name])
+
+
+def test_swapped_relu_and_maxpool_agree_bit_for_bit_with_nans():
+    """relu(NaN) is NaN and MaxPool2d sends a NaN window's dy to its last NaN, so the run
+    order changes nothing with NaNs either: the same NaNs out, the same dx."""
+    rng = numpy.random.default_rng(2)
+    x = rng.integers(-2, 3, (3, 2, 6, 6)).astype(numpy.float32)
+    x[rng.random(x.shape) < 0.2] = numpy.nan
+    model = Sequential(ReLU(), MaxPool2d(2))
+    assert run_order(model.layers) == [1, 0]
+    y = model.forward(x)
+    dy = rng.standard_normal(y.shape).astype(numpy.float32)
+    dx = model.backward(dy)
+    relu, pool = ReLU(), MaxPool2d(2)
+    h = pool.forward(relu.forward(x))
+    d = relu.backward(pool.backward(dy))
+    assert numpy.isnan(y).any() and not numpy.isnan(y).all()
+    numpy.testing.assert_array_equal(y, h)
+    numpy.testing.assert_array_equal(dx, d)

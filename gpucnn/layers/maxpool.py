@@ -7,6 +7,10 @@ Backward: the gradient of a max is 1 at the position that won and 0 elsewhere, s
 dy[n, c, i, j] goes to the argmax of its window; where windows overlap (kh > sh) one input
 can win several windows and receives the SUM of their gradients. Ties go to the first
 maximum in row-major window order, as in PyTorch, so exactly one input gets each dy.
+
+NaN, by PyTorch's rule too (its CPU and CUDA kernels alike): a window holding a NaN has
+max NaN, and its dy goes to the LAST NaN in row-major window order. Both backends follow
+it (kernels/maxpool.cu for CuPy).
 """
 import numpy
 
@@ -59,6 +63,10 @@ class MaxPool2d(Layer):
 # winning column, is exactly the first maximum in row-major order, so ties match PyTorch.
 # Each pass is a few whole-array operations over strided views (one per tap of the window),
 # which is far faster in NumPy than gathering every window.
+# The NaN rule is separable as well: the last row holding a NaN, then its last NaN column,
+# is the last NaN in row-major order. Tracking NaNs costs an isnan pass per tap, so the
+# forward runs without it and redoes the pooling only when the output shows a NaN
+# (numpy.maximum propagates them): only a batch that has one pays.
 
 
 def _taps(a, axis, j, s, n):
@@ -68,30 +76,37 @@ def _taps(a, axis, j, s, n):
     return a[tuple(index)]
 
 
-def _max_along(a, axis, k, s, n):
-    """Max over the k taps of each window along `axis`, and the first tap that holds it."""
+def _max_along(a, axis, k, s, n, nans=False):
+    """Max over the k taps of each window along `axis`, and the first tap that holds it
+    (with nans=True: the last NaN tap where the window has one)."""
     if k == 1:
         m = _taps(a, axis, 0, s, n).copy()
         return m, numpy.zeros(m.shape, numpy.int8)
     # Comparisons give bools; viewing them as int8 (free) lets the tap index be built with
     # integer max instead of np.where, which is several times slower on unpredictable masks.
     as_index = (lambda b: b.view(numpy.int8)) if k <= 127 else (lambda b: b.astype(numpy.int32))
+
+    def wins(tap, best):  # strict: a tie keeps the earlier tap; a NaN tap always takes over
+        won = numpy.greater(tap, best)
+        return numpy.logical_or(won, numpy.isnan(tap), out=won) if nans else won
+
     first, second = _taps(a, axis, 0, s, n), _taps(a, axis, 1, s, n)
-    arg = as_index(numpy.greater(second, first))  # strict: a tie keeps tap 0
-    m = numpy.maximum(first, second)
+    arg = as_index(wins(second, first))
+    m = numpy.maximum(first, second)  # NaN if either is
     for j in range(2, k):
         tap = _taps(a, axis, j, s, n)
-        won = as_index(numpy.greater(tap, m))
+        won = as_index(wins(tap, m))  # once m is NaN only a NaN tap wins: tap > NaN is false
         won *= j
         numpy.maximum(arg, won, out=arg)  # j exceeds every earlier tap index: "set j where won"
         numpy.maximum(m, tap, out=m)
     return m, arg
 
 
-def _forward_numpy(x, k, s, ho, wo):
-    n, c, h, _ = x.shape
-    row_max, col = _max_along(x, 3, k[1], s[1], wo)  # (N, C, H, Wo): best column per row
-    y, row = _max_along(row_max, 2, k[0], s[0], ho)  # (N, C, Ho, Wo): best row
+def _forward_numpy(x, k, s, ho, wo, nans=False):
+    row_max, col = _max_along(x, 3, k[1], s[1], wo, nans)  # (N, C, H, Wo): best column per row
+    y, row = _max_along(row_max, 2, k[0], s[0], ho, nans)  # (N, C, Ho, Wo): best row
+    if not nans and numpy.isnan(y).any():
+        return _forward_numpy(x, k, s, ho, wo, nans=True)
     return y, (row, col)
 
 
