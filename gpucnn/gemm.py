@@ -4,9 +4,14 @@ CuPy refuses every cuBLAS call during stream capture (its wrapper checks in setS
 although cuBLAS itself captures fine. So for capture we keep a cuBLAS handle of our own,
 loaded with ctypes from the very libcublas CuPy already mapped, bound to the capture
 stream *before* capture begins, with a fixed workspace. Eager calls stay on `a @ b`.
+
+The handle belongs to whoever asked for it (a GraphedStep): while it is referenced, GEMMs
+captured on its stream use it; when the last reference goes, the handle is destroyed and
+its workspace and stream are let go, so dropping a GraphedStep gives all three back.
 """
 import ctypes
 import os
+import weakref
 
 from gpucnn import backend
 
@@ -33,7 +38,10 @@ class CublasError(RuntimeError):
     pass
 
 
-_handles = {}  # stream pointer -> _Handle
+# stream pointer -> the live _Handle bound to that stream. Weak: the owner's reference is
+# what keeps a handle alive, and the handle holds its stream, so a pointer here always
+# names the very stream it was bound to (a dead stream's pointer could be reused).
+_handles = weakref.WeakValueDictionary()
 
 
 def _capture_handle():
@@ -45,16 +53,26 @@ def _capture_handle():
     if handle is None:
         raise CublasError(
             "a GEMM was captured on a stream with no cuBLAS handle bound; call "
-            "gpucnn.gemm.prepare_capture(stream) before stream.begin_capture()"
+            "gpucnn.gemm.prepare_capture(stream) before stream.begin_capture() and keep what it returns"
         )
     return handle
 
 
 def prepare_capture(stream):
-    """Bind a cuBLAS handle to `stream` ahead of capture (must run before begin_capture)."""
-    if stream.ptr not in _handles:
-        _handles[stream.ptr] = _Handle(stream)
-    return _handles[stream.ptr]
+    """A cuBLAS handle bound to `stream` ahead of capture (must run before begin_capture).
+
+    Keep the result for as long as graphs captured on `stream` may be replayed: the handle,
+    its 32 MiB workspace and the stream are given back once nothing references it.
+    """
+    handle = _handles.get(stream.ptr)
+    if handle is None:
+        handle = _handles[stream.ptr] = _Handle(stream)
+    return handle
+
+
+def live_handles():
+    """How many capture handles exist now (for tests and leak checks)."""
+    return len(_handles)
 
 
 def pick_libcublas(mapped_paths, cuda_major):
@@ -93,24 +111,38 @@ class _Handle:
     _lib = None
 
     def __init__(self, stream):
-        import cupy
-
+        cupy = backend.cupy_module()
         if _Handle._lib is None:
             _Handle._lib = ctypes.CDLL(_find_libcublas())
         lib = _Handle._lib
-        # Handles are cached by stream pointer: holding the stream keeps that pointer from
-        # being reused by a new stream, which would then get a handle bound to a dead one.
         self.stream = stream
         self.handle = ctypes.c_void_p()
         self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+        # From here on the handle exists: destroy it however this object ends (also if a
+        # call below fails). The finaliser holds the stream and the workspace, so neither
+        # goes before cublasDestroy, which waits for the device's pending work.
+        keep = [stream]
+        self._destroy = weakref.finalize(self, _destroy, lib, self.handle, keep)
+        self._destroy.atexit = False  # at exit the driver frees it all; CUDA may be gone by then
         self._check(lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream.ptr)), "cublasSetStream")
-        self.workspace = cupy.empty(_WORKSPACE_BYTES, dtype=cupy.uint8)  # kept alive with the handle
+        self.workspace = cupy.empty(_WORKSPACE_BYTES, dtype=cupy.uint8)
+        keep.append(self.workspace)
         self._check(
             lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(self.workspace.data.ptr), ctypes.c_size_t(_WORKSPACE_BYTES)),
             "cublasSetWorkspace",
         )
         math = _TF32_MATH if tf32_enabled() else _DEFAULT_MATH
         self._check(lib.cublasSetMathMode(self.handle, math), "cublasSetMathMode")
+
+    def close(self):
+        """Destroy the handle now (dropping the last reference does the same)."""
+        if _handles.get(self.stream.ptr) is self:
+            del _handles[self.stream.ptr]
+        self._destroy()
+
+    @property
+    def alive(self):
+        return self._destroy.alive
 
     @staticmethod
     def _check(status, what):
@@ -119,8 +151,9 @@ class _Handle:
 
     def gemm(self, a, b, trans_a, trans_b):
         """Row-major C = op(a) @ op(b) through cublas<S|D>gemm."""
-        import cupy
-
+        cupy = backend.cupy_module()
+        if not self.alive:
+            raise CublasError("gemm on a cuBLAS handle that was closed")
         if a.dtype != b.dtype:
             raise ValueError(f"gemm: dtypes differ ({a.dtype} and {b.dtype})")
         if a.dtype not in (cupy.float32, cupy.float64):
@@ -141,6 +174,12 @@ class _Handle:
             "cublasGemm",
         )
         return c
+
+
+def _destroy(lib, handle, keep):
+    """cublasDestroy, then let go of what the handle used (`keep`: its stream, workspace)."""
+    lib.cublasDestroy_v2(handle)  # nothing to report to from a finaliser; the status is dropped
+    keep.clear()
 
 
 def gemm_arguments(a_shape, b_shape, trans_a, trans_b):

@@ -14,6 +14,15 @@ pool, be handed to an array made later (a running loss sum, an eval batch), and 
 overwritten by the next replay: PyTorch keeps graph-private pools for the same reason.
 One pool per graph, not one for all: a pool short of memory frees its cached blocks and
 retries, and those blocks would be another graph's scratch space.
+
+Before a capture, the eager warm-up step's arrays are released for real: the step drops
+its references (saved activations, im2col columns, BatchNorm tensors, gradients, the
+loss's probabilities) and the default pool then hands their blocks back to the driver.
+Otherwise they would be freed only during the capture, too late, and stay cached in the
+default pool for the whole run: one extra step of activations beside the graph's own.
+
+Everything a GraphedStep holds on the device (graphs, their pools, the cuBLAS handle with
+its workspace, the stream) is given back when it is dropped.
 """
 from gpucnn import backend, gemm
 
@@ -31,7 +40,7 @@ class GraphedStep:
         # optimiser state were just copied to the device: wait for that work once, here.
         # (fit() then runs everything on self.stream, so __call__'s own wait never fires.)
         self.stream.wait_event(cupy.cuda.get_current_stream().record())
-        gemm.prepare_capture(self.stream)
+        self.cublas = gemm.prepare_capture(self.stream)  # ours: destroyed when we are dropped
         self.pools = []  # one MemoryPool per captured graph
         self._graphs = {}  # (x shape, y shape) -> (graph, static x, static y, outputs)
         self._warm = set()  # shapes already run once eagerly
@@ -68,9 +77,13 @@ class GraphedStep:
     def _capture(self, cupy, x, y):
         sx = cupy.empty_like(x)
         sy = cupy.empty_like(y)
-        # The eager warm-up left its temporaries cached in the default pool; the capture
-        # allocates its own afresh, so release those first or peak memory holds both.
-        cupy.get_default_memory_pool().free_all_blocks()
+        # The capture allocates every temporary afresh from its own pool: first let go of
+        # the eager step's (see the module docstring), or peak memory holds both steps.
+        release = getattr(self.step, "release", None)
+        if release is not None:
+            release()
+        default_pool = cupy.get_default_memory_pool()
+        default_pool.free_all_blocks()  # cudaFree waits until the eager step is done with them
         pool = cupy.cuda.MemoryPool()
         self.pools.append(pool)
         with cupy.cuda.using_allocator(pool.malloc):
@@ -84,4 +97,7 @@ class GraphedStep:
                     pass
                 raise
             graph = self.stream.end_capture()
+        # Whatever of the default pool's the capture let go (what the step held that
+        # `release` does not reach) would stay cached too.
+        default_pool.free_all_blocks()
         return graph, sx, sy, outputs

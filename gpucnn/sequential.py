@@ -93,6 +93,11 @@ class Sequential:
         grad_in = first.backward(grad_out)
         return grad_in if input_grad else None
 
+    def release(self):
+        """Every layer drops its saved activations and gradients (see Layer.release)."""
+        for layer in self.layers:
+            layer.release()
+
     def train(self, mode=True):
         self.training = bool(mode)
         for layer in self.layers:

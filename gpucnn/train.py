@@ -44,6 +44,12 @@ class TrainStep:
         self.optimizer.step()
         return loss, correct
 
+    def release(self):
+        """Drop the arrays the last step left in the model and the loss (graph.py calls
+        this before capturing, so the eager step's memory is freed, not cached)."""
+        self.model.release()
+        self.loss.release()
+
 
 def _dtype(model):
     """The float type the model computes in (its parameters'), float32 by default."""

@@ -55,6 +55,17 @@ class Layer:
             raise ValueError(f"{type(self).__name__}: backward called before forward")
         return self._saved
 
+    def release(self):
+        """Drop what the last step left behind (saved activations, gradients), so that
+        its memory can be freed; the next forward/backward make them afresh. Layers held
+        as attributes (a block's inner layers) are released too."""
+        self._saved = None
+        self.grads = {}
+        for value in vars(self).values():
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if item is not self and callable(getattr(item, "release", None)) and hasattr(item, "forward"):
+                    item.release()
+
     def int_pair(self, v, what, low=1):
         """(h, w) from an int or a pair of ints, each >= low (PyTorch's kernel_size/stride/padding)."""
         pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)

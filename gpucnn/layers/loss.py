@@ -45,6 +45,10 @@ class SoftmaxCrossEntropy(Layer):
         self.save(target, indices)
         return xp.asarray(loss, dtype=self.dtype)
 
+    def release(self):
+        super().release()
+        self.probs = None
+
     def backward(self, grad_out=None):
         """d loss / d logits, times grad_out (a scalar) if one is given."""
         target, indices = self.saved()
