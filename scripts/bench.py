@@ -6,6 +6,12 @@ get the same batch, dtype and weights, a warm-up, a device synchronise around ev
 region, and the median of several repeats, the two frameworks' repeats interleaved. On the cupy backend PyTorch runs on CUDA with
 cuDNN (benchmark mode, TF32 off unless --tf32); on NumPy it runs on the CPU.
 
+Each case runs in a process of its own, so its peak memory is its own: nothing of an
+earlier case (its model, graphs, cuBLAS handle and workspace, PyTorch net, cached pools)
+is alive while it runs. This process only starts them, gathers their rows and prints the
+table; it never touches the device. A case that fails or runs past --case-timeout is
+reported as FAILED and makes the exit status 1.
+
     PYTHONPATH=. python scripts/bench.py                # all cases
     PYTHONPATH=. python scripts/bench.py --cases lenet-128 --json out.json
 """
@@ -13,7 +19,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 CASES = {
@@ -24,7 +32,7 @@ CASES = {
 }
 
 
-def parse():
+def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--backend", choices=["auto", "numpy", "cupy"], help="default: $GPUCNN_BACKEND or auto")
@@ -37,8 +45,11 @@ def parse():
     p.add_argument("--json", metavar="FILE", help="write the rows as JSON")
     p.add_argument("--malloc-default", action="store_true",
                    help="leave glibc's malloc as it is (default: keep freed memory, as `gpucnn train` does; "
-                        "both frameworks run in this one process, so both get the same allocator)")
-    return p.parse_args()
+                        "both frameworks run in each case's one process, so both get the same allocator)")
+    p.add_argument("--case-timeout", type=float, metavar="S", help="stop a case after S seconds (FAILED; default: none)")
+    p.add_argument("--worker", metavar="CASE", choices=list(CASES), help=argparse.SUPPRESS)  # one case, in-process
+    p.add_argument("--worker-out", metavar="FILE", help=argparse.SUPPRESS)  # where a worker writes its result
+    return p.parse_args(argv)
 
 
 # On the CPU, a pause before each timed repeat: BLAS and OpenMP worker threads spin for a
@@ -145,8 +156,8 @@ def torch_runner(model, shape, batch, on_gpu, args):
     return runner, (lambda: torch.cuda.max_memory_reserved()) if on_gpu else (lambda: None)
 
 
-def main():
-    args = parse()
+def measure(case, args):
+    """Run one case here, in this process: {"device", "mode", "keeps_freed_memory", "row"}."""
     if args.backend:
         os.environ["GPUCNN_BACKEND"] = args.backend
     if args.tf32:
@@ -168,43 +179,107 @@ def main():
     if torch is not None and not on_gpu:
         torch.set_num_threads(os.cpu_count() or 1)
 
+    name, shape, batch = CASES[case]
+    model, our_runner, our_peak = gpucnn_runner(name, shape, batch, args)
+    runners, their_peak = [our_runner], (lambda: None)
+    if torch is not None:
+        their_runner, their_peak = torch_runner(model, shape, batch, on_gpu, args)
+        runners.append(their_runner)
+    ours, theirs = (time_side_by_side(runners, args.repeats) + [None])[:2]
+    our_peak, their_peak = our_peak(), their_peak()
+    row = {
+        "case": case, "pid": os.getpid(), "backend": backend.name(), "graph": on_gpu and not args.no_graph, "tf32": args.tf32,
+        "gpucnn_img_s": round(ours), "torch_img_s": round(theirs) if theirs else None,
+        "ratio": round(ours / theirs, 3) if theirs else None,
+        "gpucnn_peak_mib": round(our_peak / 2**20, 1) if our_peak else None,
+        "torch_peak_mib": round(their_peak / 2**20, 1) if their_peak else None,
+    }
+    row["mem_ratio"] = round(our_peak / their_peak, 3) if our_peak and their_peak else None
     where = "GPU" if on_gpu else f"CPU ({os.cpu_count()} cores)"
+    if on_gpu:
+        import cupy
+
+        where = f"GPU ({cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()})"
     mode = ("CUDA graphs" if on_gpu and not args.no_graph else "eager") + (", TF32" if args.tf32 else ", fp32")
-    print(f"gpucnn {backend.name()} backend on {where}, {mode}; median of {args.repeats} repeats, interleaved; "
-          f"host malloc {'keeps freed memory' if kept else 'as the system has it'}")
-    header = f"{'case':<12} {'gpucnn img/s':>13} {'torch img/s':>12} {'ratio':>6} {'gpucnn MiB':>11} {'torch MiB':>10} {'mem ratio':>9}"
-    print(header)
-    rows = []
+    return {"device": where, "mode": mode, "keeps_freed_memory": kept, "row": row}
+
+
+def worker_flags(args):
+    """The flags that make a worker measure as this run was asked to."""
+    flags = ["--repeats", str(args.repeats), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if args.backend:
+        flags += ["--backend", args.backend]
+    for name in ("tf32", "no_graph", "no_torch", "malloc_default"):
+        if getattr(args, name):
+            flags.append("--" + name.replace("_", "-"))
+    return flags
+
+
+def run_isolated(case, args):
+    """One case in a fresh process: its result, or {"row": {"case", "error"}} if it failed."""
+    with tempfile.TemporaryDirectory(prefix="gpucnn-bench-") as tmp:
+        out = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--worker", case, "--worker-out", out, *worker_flags(args)]
+        try:
+            proc = subprocess.run(cmd, timeout=args.case_timeout)  # its stderr and stdout pass through
+            error = None if proc.returncode == 0 else f"exit status {proc.returncode}"
+        except subprocess.TimeoutExpired:
+            error = f"timed out after {args.case_timeout:g} s"
+        if error is None and not os.path.exists(out):
+            error = "wrote no result"
+        if error is not None:
+            return {"row": {"case": case, "error": error}}
+        with open(out) as f:
+            return json.load(f)
+
+
+def _fmt(v, spec):
+    return format(v, spec) if v is not None else "-"
+
+
+HEADER = (f"{'case':<12} {'gpucnn img/s':>13} {'torch img/s':>12} {'ratio':>6} {'gpucnn MiB':>11} "
+          f"{'torch MiB':>10} {'mem ratio':>9}")
+
+
+def table_line(row):
+    if "error" in row:
+        return f"{row['case']:<12} FAILED: {row['error']}"
+    return (f"{row['case']:<12} {_fmt(row['gpucnn_img_s'], ',d'):>13} {_fmt(row['torch_img_s'], ',d'):>12} "
+            f"{_fmt(row['ratio'], '.2f'):>6} {_fmt(row['gpucnn_peak_mib'], ',.1f'):>11} "
+            f"{_fmt(row['torch_peak_mib'], ',.1f'):>10} {_fmt(row['mem_ratio'], '.2f'):>9}")
+
+
+def main():
+    args = parse()
+    if args.worker:
+        result = measure(args.worker, args)
+        with open(args.worker_out, "w") as f:
+            json.dump(result, f)
+        return 0
+    rows, about = [], None
     for case in args.cases:
-        name, shape, batch = CASES[case]
-        model, our_runner, our_peak = gpucnn_runner(name, shape, batch, args)
-        runners, their_peak = [our_runner], (lambda: None)
-        if torch is not None:
-            their_runner, their_peak = torch_runner(model, shape, batch, on_gpu, args)
-            runners.append(their_runner)
-        ours, theirs = (time_side_by_side(runners, args.repeats) + [None])[:2]
-        our_peak, their_peak = our_peak(), their_peak()
-        row = {
-            "case": case, "backend": backend.name(), "graph": on_gpu and not args.no_graph, "tf32": args.tf32,
-            "gpucnn_img_s": round(ours), "torch_img_s": round(theirs) if theirs else None,
-            "ratio": round(ours / theirs, 3) if theirs else None,
-            "gpucnn_peak_mib": round(our_peak / 2**20, 1) if our_peak else None,
-            "torch_peak_mib": round(their_peak / 2**20, 1) if their_peak else None,
-        }
-        row["mem_ratio"] = round(our_peak / their_peak, 3) if our_peak and their_peak else None
-        rows.append(row)
-
-        def fmt(v, spec):
-            return format(v, spec) if v is not None else "-"
-
-        print(f"{case:<12} {fmt(row['gpucnn_img_s'], ',d'):>13} {fmt(row['torch_img_s'], ',d'):>12} "
-              f"{fmt(row['ratio'], '.2f'):>6} {fmt(row['gpucnn_peak_mib'], ',.1f'):>11} "
-              f"{fmt(row['torch_peak_mib'], ',.1f'):>10} {fmt(row['mem_ratio'], '.2f'):>9}", flush=True)
-        del model
+        result = run_isolated(case, args)
+        if about is None and "device" in result:  # said once, by the first case that ran
+            about = result
+            print(f"gpucnn {result['row']['backend']} backend on {result['device']}, {result['mode']}; median of "
+                  f"{args.repeats} repeats, interleaved; each case in its own process; host malloc "
+                  f"{'keeps freed memory' if result['keeps_freed_memory'] else 'as the system has it'}")
+        if not rows:
+            print(HEADER)
+        rows.append(result["row"])
+        print(table_line(result["row"]), flush=True)
+    failed = [r["case"] for r in rows if "error" in r]
     if args.json:
+        about = about or {}
         with open(args.json, "w") as f:
-            json.dump({"device": where, "mode": mode, "keeps_freed_memory": kept, "rows": rows}, f, indent=2)
+            json.dump({"device": about.get("device"), "mode": about.get("mode"),
+                       "keeps_freed_memory": about.get("keeps_freed_memory"), "isolated": True, "pid": os.getpid(),
+                       "failed": failed, "rows": rows}, f, indent=2)
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,6 +32,8 @@ def test_bench_script_writes_rows(tmp_path, malloc_default):
     assert report["keeps_freed_memory"] == (glibc and not malloc_default and not user_configured_malloc(env))
     rows = report["rows"]
     assert rows[0]["case"] == "lenet-128" and rows[0]["gpucnn_img_s"] > 0
+    assert report["isolated"] and report["failed"] == []
+    assert rows[0]["pid"] not in (report["pid"], os.getpid())  # measured in a process of its own
     if "--no-torch" not in args:
         assert rows[0]["torch_img_s"] > 0
         assert rows[0]["ratio"] == pytest.approx(rows[0]["gpucnn_img_s"] / rows[0]["torch_img_s"], rel=0.01)
@@ -48,3 +50,15 @@ def test_repeats_are_interleaved():
     assert order == list("aabbaabbaabb")  # 2 steps a repeat, the frameworks alternating
     assert len(rates) == 2 and all(r > 0 for r in rates)
     assert [len(r.rates) for r in runners] == [3, 3]
+
+
+def test_a_failed_case_is_reported_and_fails_the_run(tmp_path):
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=ROOT, GPUCNN_BACKEND="numpy")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--cases", "lenet-128",
+                           "--no-torch", "--case-timeout", "0.01", "--json", str(out)],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 1
+    assert "lenet-128    FAILED: timed out after 0.01 s" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["failed"] == ["lenet-128"] and report["rows"] == [{"case": "lenet-128", "error": "timed out after 0.01 s"}]
