@@ -1,0 +1,107 @@
+"""scripts/gpu_checks.sh cannot lie: run with a fake python (and nvidia-smi), a failed,
+empty or timed-out step shows FAILED in the summary and makes the exit status non-zero;
+only when every step did its work does it say ALL OK and exit 0."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "gpu_checks.sh")
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and coreutils' timeout")
+
+FAKE_PYTHON = r'''#!/usr/bin/env bash
+# FAKE_MODE: ok | fail | skipped | slow_bench
+mode=${FAKE_MODE:-ok}
+if [ "$mode" = fail ]; then echo "fake python: failing on purpose" >&2; exit 3; fi
+case "$*" in
+  *"-m pytest"*)
+    if [ "$mode" = skipped ]; then echo "129 skipped, 5 deselected in 3.12s"; else echo "7 passed, 11 deselected in 0.50s"; fi ;;
+  *"-m gpucnn check"*) echo "gradient check on the cupy backend: all passed" ;;
+  *bench.py*)
+    if [ "$mode" = slow_bench ]; then sleep 30; fi
+    echo "case          gpucnn img/s  torch img/s  ratio  gpucnn MiB  torch MiB mem ratio"
+    echo "lenet-128          250,000      100,000   2.50         4.0        8.0      0.50" ;;
+  *time_to_accuracy.py*) echo "ran 1 epoch: test_acc 0.9800, 9.0 s from start" ;;
+  *" -c "*|"-c "*) echo "python 3.12.3 | cupy 14.2.0 | torch 2.11.0 | devices 1" ;;
+  *) echo "fake python: not expected: $*" >&2; exit 9 ;;
+esac
+'''
+
+
+def run(tmp_path, mode, *args, **env):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in (("python", FAKE_PYTHON), ("nvidia-smi", "#!/bin/sh\necho 'NVIDIA Fake GPU, 580.0, 1000 MiB'\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    mnist = tmp_path / "mnist"
+    mnist.mkdir(exist_ok=True)
+    (mnist / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    out = tmp_path / "out"
+    full_env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=str(bin_dir / "python"),
+                    MNIST_DIR=str(mnist), FASHION_DIR=str(tmp_path / "none"), FAKE_MODE=mode, **env)
+    proc = subprocess.run(["bash", SCRIPT, *args, str(out)], capture_output=True, text=True, env=full_env, timeout=120)
+    summary = json.loads((out / "summary.json").read_text())
+    table = (out / "summary.txt").read_text()
+    return proc, summary, table, out
+
+
+def statuses(summary):
+    return {s["name"]: s["status"] for s in summary["steps"]}
+
+
+def test_all_steps_doing_their_work_is_all_ok(tmp_path):
+    proc, summary, table, out = run(tmp_path, "ok", "--quick")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert statuses(summary) == dict.fromkeys(["env", "nvrtc", "check", "gpu_tests", "bench", "mnist"], "ok")
+    assert summary["ok"] is True and proc.stdout.rstrip().endswith("ALL OK")
+    heads = {s["name"]: s["headline"] for s in summary["steps"]}
+    assert heads["bench"] == "lenet-128 250,000 img/s 2.50x torch, mem 0.50x"
+    assert heads["gpu_tests"] == "7 passed, 11 deselected in 0.50s"
+    assert heads["mnist"].startswith("ran 1 epoch: test_acc 0.9800")
+    assert "NVIDIA Fake GPU" in heads["env"] and "cupy 14.2.0" in heads["env"]
+    assert table in proc.stdout  # the table is printed last
+    assert "7 passed" in (out / "all.log").read_text()
+
+
+def test_a_failing_python_fails_every_step_and_the_run(tmp_path):
+    proc, summary, table, _ = run(tmp_path, "fail", "--quick")
+    assert proc.returncode == 1
+    assert summary["ok"] is False and "SOME STEPS FAILED" in proc.stdout
+    assert all(status.startswith("FAILED (exit ") for status in statuses(summary).values())
+    assert table.count("FAILED") == 6
+
+
+def test_tests_that_all_skip_are_not_a_pass(tmp_path):
+    proc, summary, _, _ = run(tmp_path, "skipped", "--quick")
+    assert proc.returncode == 1
+    got = statuses(summary)
+    assert got["gpu_tests"] == "FAILED (no test passed)" and got["nvrtc"] == "FAILED (no test passed)"
+    assert got["bench"] == "ok"
+
+
+def test_a_step_past_its_limit_is_stopped_and_failed(tmp_path):
+    proc, summary, _, _ = run(tmp_path, "slow_bench", "--quick", GPU_CHECKS_MAX_STEP_S="1")
+    assert proc.returncode == 1
+    assert statuses(summary)["bench"] == "FAILED (timed out after 1s)"
+    assert statuses(summary)["mnist"] == "ok"  # the steps after it still run
+
+
+def test_steps_left_without_budget_are_skipped_and_fail_the_run(tmp_path):
+    proc, summary, _, _ = run(tmp_path, "ok", "--quick", GPU_CHECKS_BUDGET_S="2")
+    assert proc.returncode == 1
+    assert set(statuses(summary).values()) == {"SKIPPED (no time left)"}
+
+
+def test_full_mode_runs_every_step_and_returns_few_plain_files(tmp_path):
+    proc, summary, _, out = run(tmp_path, "ok")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert list(statuses(summary)) == ["env", "nvrtc", "check", "gpu_tests", "bench_graph", "mnist_to_99",
+                                       "bench_eager", "bench_tf32"]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and all(p.is_file() for p in out.iterdir())  # the device tool returns 8, no folders
