@@ -24,6 +24,8 @@ default pool for the whole run: one extra step of activations beside the graph's
 Everything a GraphedStep holds on the device (graphs, their pools, the cuBLAS handle with
 its workspace, the stream) is given back when it is dropped.
 """
+import weakref
+
 from gpucnn import backend, gemm
 
 
@@ -42,6 +44,11 @@ class GraphedStep:
         self.stream.wait_event(cupy.cuda.get_current_stream().record())
         self.cublas = gemm.prepare_capture(self.stream)  # ours: destroyed when we are dropped
         self.pools = []  # one MemoryPool per captured graph
+        release = getattr(step, "release", None)
+        if release is not None:
+            # The layers keep the last replay's arrays, which live in our pools: drop them
+            # before the pools go with us, or the layers would point at freed memory.
+            weakref.finalize(self, release).atexit = False
         self._graphs = {}  # (x shape, y shape) -> (graph, static x, static y, outputs)
         self._warm = set()  # shapes already run once eagerly
 

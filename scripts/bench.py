@@ -199,7 +199,8 @@ def measure(case, args):
     if on_gpu:
         import cupy
 
-        where = f"GPU ({cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()})"
+        gpu = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"]
+        where = f"GPU ({gpu.decode() if isinstance(gpu, bytes) else gpu})"
     mode = ("CUDA graphs" if on_gpu and not args.no_graph else "eager") + (", TF32" if args.tf32 else ", fp32")
     return {"device": where, "mode": mode, "keeps_freed_memory": kept, "row": row}
 

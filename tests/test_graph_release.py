@@ -114,9 +114,11 @@ def test_dropping_a_graphed_step_destroys_its_handle_and_workspace(fake):
         second.stream.begin_capture()
         assert gemm._capture_handle() is second.cublas  # each stream finds its own handle
         second.stream.end_capture()
+    fake.clear()
     del first
     gc.collect()
     assert fake.lib.destroyed == [1] and gemm.live_handles() == 1
+    assert fake == ["release", ("cublasDestroy", 1)]  # the layers let go of the graph's arrays first
     assert workspace() is None and stream() is None
     with second.stream:
         second.stream.begin_capture()
