@@ -29,7 +29,9 @@ def output_path(out_path):
     """(path to write, matplotlib format): .png added when there is no suffix; an unknown
     suffix is an error listing the known ones."""
     out_path = os.fspath(out_path)
-    stem, suffix = os.path.splitext(out_path)
+    suffix = os.path.splitext(out_path)[1]
+    if not suffix and os.path.lexists(out_path):  # -o /dev/full, -o a_dir: refused as what they are
+        check_output(out_path, what="image", is_ours=lambda p: False)
     if not suffix and not out_path.endswith(os.sep):
         out_path, suffix = out_path + ".png", ".png"
     key = suffix[1:].lower()
