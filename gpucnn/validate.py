@@ -219,6 +219,6 @@ def model_mismatch(error, data, path):
 
     images = "x".join(map(str, data.x_test.shape[1:]))
     return CheckpointError(f"{path}: its model does not fit {data.name}'s {images} (CxHxW) images "
-                           f"and {len(data.classes)} classes, or is another architecture: "
-                           f"{str(error).split(': ', 1)[-1]}")
+                           f"and {len(data.classes)} classes, or is another architecture "
+                           f"{str(error).split('is from a different model ', 1)[-1]}")
 

@@ -50,18 +50,18 @@ def snapshot(root):
     return out
 
 
-def tiny_arrays(n_train=8, n_test=4, hw=8, channels=1, classes=3, seed=0):
+def tiny_arrays(n_train=8, n_test=4, hw=8, channels=1, n_classes=3, seed=0):
     rng = numpy.random.default_rng(seed)
     shape = (hw, hw) if channels == 1 else (channels, hw, hw)
     return dict(x_train=rng.random((n_train, *shape), dtype=numpy.float32),
-                y_train=numpy.arange(n_train) % classes,
+                y_train=numpy.arange(n_train) % n_classes,
                 x_test=rng.random((n_test, *shape), dtype=numpy.float32),
-                y_test=numpy.arange(n_test) % classes)
+                y_test=numpy.arange(n_test) % n_classes)
 
 
 def tiny_npz(path, **arrays):
     """A small valid dataset .npz (8 train / 4 test 8x8 grey images, 3 classes) with overrides."""
-    kw = {k: arrays.pop(k) for k in ("n_train", "n_test", "hw", "channels", "classes", "seed") if k in arrays}
+    kw = {k: arrays.pop(k) for k in ("n_train", "n_test", "hw", "channels", "n_classes", "seed") if k in arrays}
     content = {**tiny_arrays(**kw), **arrays}
     with open(path, "wb") as f:
         numpy.savez(f, **content)
