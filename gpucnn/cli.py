@@ -20,7 +20,7 @@ RESUMABLE = {"epochs", "data_dir"}
 
 def _train_parser(sub):
     d = TRAIN_DEFAULTS
-    p = sub.add_parser("train", help="train a model", description="Train a CNN; Ctrl-C saves a checkpoint and stops.")
+    p = sub.add_parser("train", help="train a model", description="Train a CNN; Ctrl-C or SIGTERM saves a checkpoint and stops (exit 130 or 143).")
     p.add_argument("--model", choices=["small", "lenet", "vgg_bn"], help=f"network (default: {d['model']})")
     p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz (default: {d['dataset']}, built in)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the download cache)")
