@@ -83,6 +83,8 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not os.path.isfile(path):  # a FIFO or device would block or never end
+        raise CheckpointError(f"{path}: is not a regular file (a device, FIFO or socket), not a checkpoint file")
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -126,7 +128,11 @@ def check_model_state(checkpoint_state, model_state, path=None):
     shapes = [f"{k} is {tuple(numpy.shape(checkpoint_state[k]))} in the checkpoint, {tuple(model_state[k].shape)} in the model"
               for k in model_state if k in checkpoint_state
               and tuple(numpy.shape(checkpoint_state[k])) != tuple(model_state[k].shape)]
+    kinds = [f"{k} holds {checkpoint_state[k].dtype} values, not numbers" for k in sorted(checkpoint_state)
+             if isinstance(checkpoint_state[k], numpy.ndarray) and checkpoint_state[k].dtype.kind not in "fiub"]
     problems = []
+    if kinds:
+        problems.append(f"bad arrays: {_clip(kinds)}")
     if missing:
         problems.append(f"missing keys {_clip(missing)}")
     if unexpected:

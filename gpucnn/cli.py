@@ -172,11 +172,11 @@ def cmd_train(args):
         validate.check_data_fits(data, ckpt, args.resume)
         validate.check_resume_position(start, steps_per_epoch, args.resume)
         check_model_state(ckpt["model_state"], model.state_dict(), args.resume)
-        model.load_state_dict(ckpt["model_state"])
         try:
+            model.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optim_state"])
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # a damaged state has any shape
-            raise CheckpointError(f"{args.resume}: optimiser state does not fit this run: {e}") from None
+            raise CheckpointError(f"{args.resume}: its weights or optimiser state do not fit this run: {e}") from None
         print(f"resuming {args.resume} at epoch {start['epoch'] + 1}, step {start['step']}")
     print(f"gpucnn: {config['model']} ({model.num_parameters():,} parameters) on {data.name} "
           f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "

@@ -7,6 +7,7 @@ a JSON object holding at least KEYS; anything else is refused before training st
 """
 import json
 import math
+import os
 
 from gpucnn.errors import GpucnnError
 from gpucnn.outputs import OutputWriteError
@@ -38,6 +39,8 @@ def read(path, allow_empty=False):
     """The rows of a metrics file, each checked: a JSON object with KEYS, whose values are
     numbers or null (epoch: a finite number). MetricsError names the first bad line."""
     try:
+        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block, a device never end
+            raise MetricsError(f"cannot read metrics file {path}: not a regular file")
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:

@@ -249,3 +249,29 @@ def test_plot_of_a_missing_metrics_file(tmp_path):
     before = snapshot(tmp_path)
     refused(gpucnn("plot", tmp_path / "absent.jsonl", "-o", tmp_path / "c.png"), "cannot read metrics file")
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_as_an_input_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    refused(gpucnn("plot", fifo, "-o", tmp_path / "c.png", timeout=60), "not a regular file")
+    refused(gpucnn("eval", "--checkpoint", fifo, timeout=60), "not a regular file")
+    refused(gpucnn("train", "--resume", fifo, "--no-save", timeout=60), "not a regular file")
+    assert sorted(os.listdir(tmp_path)) == ["pipe"]
+
+
+def test_weights_that_are_not_numbers_are_refused(tmp_path):
+    import numpy
+
+    ckpt = tmp_path / "c.ckpt"
+    train_tiny(tmp_path, ckpt)
+    with numpy.load(ckpt) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["model/0.weight"] = numpy.full(arrays["model/0.weight"].shape, "w")
+    with open(ckpt, "wb") as f:
+        numpy.savez(f, **arrays)
+    before = snapshot(tmp_path)
+    refused(gpucnn("eval", "--checkpoint", ckpt), "0.weight holds <U1 values, not numbers")
+    refused(gpucnn("train", "--resume", ckpt, "--epochs", "2", "--save", ckpt, "--no-progress"), "0.weight holds <U1")
+    assert snapshot(tmp_path) == before
