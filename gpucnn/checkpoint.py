@@ -15,13 +15,16 @@ import zlib
 import numpy
 
 from gpucnn import backend
+from gpucnn.data.npzfile import read_npz
 from gpucnn.errors import GpucnnError
-from gpucnn.outputs import write_atomically
+from gpucnn.outputs import check_output, write_atomically
 
 FORMAT = "gpucnn-checkpoint"
 VERSION = 1
 _JSON_ENTRY = "__checkpoint__"
 _ARRAY, _TUPLE = "__array__", "__tuple__"
+MAX_DEPTH = 64  # what gpucnn writes nests about 6 deep; deeper is damage, refused before recursing
+MAX_JSON = 64 << 20
 
 
 class CheckpointError(GpucnnError, ValueError):
@@ -33,9 +36,11 @@ def save_checkpoint(path, *, model_state, optim_state=None, meta=None):
     (JSON-like: dicts with str keys, lists, tuples, numbers, str, None, arrays) to `path`.
 
     Atomic (gpucnn.outputs.write_atomically): a crash or an error leaves the previous
-    checkpoint. A symlinked `path` keeps its link; the target is replaced.
+    checkpoint. A symlinked `path` keeps its link; the target is replaced. What is at `path`
+    is checked again at every save (gpucnn.outputs.check_output): only a checkpoint is replaced.
     """
     path = os.fspath(path)
+    check_output(path, what="checkpoint", is_ours=is_checkpoint)
     if not isinstance(model_state, dict) or not all(_is_array(v) for v in model_state.values()):
         raise TypeError("save_checkpoint: model_state must be a dict of arrays (Sequential.state_dict())")
     arrays = {}
@@ -47,7 +52,7 @@ def save_checkpoint(path, *, model_state, optim_state=None, meta=None):
         "meta": _encode(meta or {}, ("meta",), arrays),
     }
     arrays[_JSON_ENTRY] = numpy.array(json.dumps(tree))
-    write_atomically(path, lambda f: numpy.savez(f, **arrays))
+    write_atomically(path, lambda f: numpy.savez(f, **arrays), what="checkpoint")
 
 
 def is_checkpoint(path):
@@ -57,11 +62,12 @@ def is_checkpoint(path):
     try:
         with zipfile.ZipFile(path) as z:
             member = z.getinfo(_JSON_ENTRY + ".npy")
-            if member.file_size > 64 << 20:
+            if member.file_size > MAX_JSON:
                 return False
             with z.open(member) as f:
                 tree = json.loads(str(numpy.lib.format.read_array(f, allow_pickle=False)[()]))
-    except (OSError, KeyError, ValueError, IndexError, EOFError, zipfile.BadZipFile, zlib.error):
+    except (OSError, KeyError, ValueError, IndexError, EOFError, RecursionError, NotImplementedError,
+            RuntimeError, zipfile.BadZipFile, zlib.error):
         return False
     return isinstance(tree, dict) and tree.get("format") == FORMAT
 
@@ -77,6 +83,8 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
+    if not os.path.isfile(path):  # a FIFO or device would block or never end
+        raise CheckpointError(f"{path}: is not a regular file (a device, FIFO or socket), not a checkpoint file")
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -85,18 +93,21 @@ def load_checkpoint(path):
     if magic != b"PK\x03\x04":  # every .npz is a zip archive
         what = "an empty file" if not magic else "not an .npz (zip) archive"
         raise CheckpointError(f"{path}: not a gpucnn checkpoint ({what})")
-    try:
-        with numpy.load(path, allow_pickle=False) as npz:
-            # Read every entry now: a truncated or corrupt member fails here, not later.
-            entries = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): {_short(e)}") from None
+    # Read every entry now, each header checked against the file first (read_npz): a truncated,
+    # corrupt or size-lying member fails here, not later.
+    entries = read_npz(path, error=CheckpointError)
     if _JSON_ENTRY not in entries:
         raise CheckpointError(f"{path}: not a gpucnn checkpoint (an .npz archive without a {_JSON_ENTRY!r} entry)")
+    text = entries.pop(_JSON_ENTRY)
+    if text.dtype.kind != "U" or text.shape != () or text.nbytes > 4 * MAX_JSON:
+        raise CheckpointError(f"{path}: its {_JSON_ENTRY!r} entry is not one JSON string "
+                              f"({text.dtype} {text.shape}; corrupt checkpoint)")
     try:
-        tree = json.loads(str(entries.pop(_JSON_ENTRY)[()]))
-    except (ValueError, IndexError) as e:
+        tree = json.loads(str(text[()]))
+    except ValueError as e:
         raise CheckpointError(f"{path}: its {_JSON_ENTRY!r} entry is not valid JSON: {_short(e)}") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: its {_JSON_ENTRY!r} entry is nested too deeply (corrupt checkpoint)") from None
     if not isinstance(tree, dict) or tree.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a gpucnn checkpoint (format {tree.get('format') if isinstance(tree, dict) else None!r})")
     version = tree.get("version")
@@ -117,7 +128,11 @@ def check_model_state(checkpoint_state, model_state, path=None):
     shapes = [f"{k} is {tuple(numpy.shape(checkpoint_state[k]))} in the checkpoint, {tuple(model_state[k].shape)} in the model"
               for k in model_state if k in checkpoint_state
               and tuple(numpy.shape(checkpoint_state[k])) != tuple(model_state[k].shape)]
+    kinds = [f"{k} holds {checkpoint_state[k].dtype} values, not numbers" for k in sorted(checkpoint_state)
+             if isinstance(checkpoint_state[k], numpy.ndarray) and checkpoint_state[k].dtype.kind not in "fiub"]
     problems = []
+    if kinds:
+        problems.append(f"bad arrays: {_clip(kinds)}")
     if missing:
         problems.append(f"missing keys {_clip(missing)}")
     if unexpected:
@@ -162,7 +177,9 @@ def _encode(obj, where, arrays):
     raise TypeError(f"save_checkpoint: {'/'.join(where)} is a {type(obj).__name__}, which a checkpoint cannot hold")
 
 
-def _decode(obj, arrays, path):
+def _decode(obj, arrays, path, depth=0):
+    if depth > MAX_DEPTH and isinstance(obj, (dict, list)):
+        raise CheckpointError(f"{path}: its structure nests more than {MAX_DEPTH} levels deep (corrupt checkpoint)")
     if isinstance(obj, dict):
         if set(obj) == {_ARRAY}:
             try:
@@ -170,10 +187,13 @@ def _decode(obj, arrays, path):
             except (KeyError, TypeError):
                 raise CheckpointError(f"{path}: array entry {obj[_ARRAY]!r} is missing (corrupt checkpoint)") from None
         if set(obj) == {_TUPLE}:
-            return tuple(_decode(v, arrays, path) for v in obj[_TUPLE])
-        return {k: _decode(v, arrays, path) for k, v in obj.items()}
+            if not isinstance(obj[_TUPLE], list):
+                raise CheckpointError(f"{path}: a {_TUPLE!r} entry holds {type(obj[_TUPLE]).__name__}, "
+                                      f"not a list (corrupt checkpoint)")
+            return tuple(_decode(v, arrays, path, depth + 1) for v in obj[_TUPLE])
+        return {k: _decode(v, arrays, path, depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_decode(v, arrays, path) for v in obj]
+        return [_decode(v, arrays, path, depth + 1) for v in obj]
     return obj
 
 

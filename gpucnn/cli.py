@@ -20,7 +20,7 @@ RESUMABLE = {"epochs", "data_dir"}
 
 def _train_parser(sub):
     d = TRAIN_DEFAULTS
-    p = sub.add_parser("train", help="train a model", description="Train a CNN; Ctrl-C saves a checkpoint and stops.")
+    p = sub.add_parser("train", help="train a model", description="Train a CNN; Ctrl-C or SIGTERM saves a checkpoint and stops (exit 130 or 143).")
     p.add_argument("--model", choices=["small", "lenet", "vgg_bn"], help=f"network (default: {d['model']})")
     p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz (default: {d['dataset']}, built in)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the download cache)")
@@ -47,10 +47,14 @@ def _train_parser(sub):
                    help="capture each training step in a CUDA graph on the cupy backend (default: on; env GPUCNN_GRAPH=0 turns it off)")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after epoch N, checkpointed, though the schedule spans --epochs; continue with --resume (default: run to --epochs)")
-    p.add_argument("--save", default="runs/last.ckpt", help="checkpoint written after every epoch and on Ctrl-C (default: runs/last.ckpt)")
+    p.add_argument("--save", default="runs/last.ckpt",
+                   help="checkpoint written after every epoch and on Ctrl-C or SIGTERM; may only replace a gpucnn checkpoint, "
+                        "its directory is created if missing (default: runs/last.ckpt)")
     p.add_argument("--no-save", action="store_true", help="write no checkpoint")
     p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its configuration is used; --epochs may extend it)")
-    p.add_argument("--metrics-out", metavar="FILE.jsonl", help="append one JSON object per epoch (default: none)")
+    p.add_argument("--metrics-out", metavar="FILE.jsonl",
+                   help="append one JSON object per epoch to a new, empty or gpucnn metrics file; its directory is "
+                        "created if missing (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     p.set_defaults(func=cmd_train)
 
@@ -82,7 +86,10 @@ def build_parser():
 
     p = sub.add_parser("plot", help="draw loss and accuracy curves from a --metrics-out file")
     p.add_argument("metrics", help="JSONL file written by gpucnn train --metrics-out")
-    p.add_argument("-o", "--output", default="curves.png", help="image to write (default: curves.png)")
+    p.add_argument("-o", "--output", default="curves.png",
+                   help="image to write, format from the suffix (.png .pdf .svg .eps .ps .jpg .tif .webp; none: .png is "
+                        "added); replaces only an image of that format; its directory is created if missing "
+                        "(default: curves.png)")
     p.set_defaults(func=cmd_plot)
     return parser
 
@@ -102,12 +109,13 @@ def main(argv=None):
     except GpucnnError as e:
         print(f"gpucnn: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
+        return 128 + int(getattr(e, "signum", 2))
 
 
 def _config(args):
     """The run's configuration: defaults, then the checkpoint's (on --resume), then flags."""
+    from gpucnn import validate
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.errors import GpucnnError
 
@@ -115,6 +123,7 @@ def _config(args):
     config, start, ckpt = dict(TRAIN_DEFAULTS), None, None
     if args.resume:
         ckpt = load_checkpoint(args.resume)
+        validate.check_saved_run(ckpt, args.resume, for_resume=True)
         saved = ckpt["meta"]["config"]
         for key, value in given.items():
             if key not in RESUMABLE and key in saved and saved[key] != value:
@@ -131,7 +140,7 @@ def _config(args):
 
 
 def cmd_train(args):
-    from gpucnn import backend, init, models
+    from gpucnn import backend, init, models, validate
     from gpucnn.checkpoint import CheckpointError, check_model_state
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
@@ -140,12 +149,14 @@ def cmd_train(args):
 
     config, start, ckpt = _config(args)
     config["graph"] = bool(args.graph)
-    for flag in ("epochs", "batch_size"):
-        if config[flag] < 1:
-            raise GpucnnError(f"--{flag.replace('_', '-')} must be at least 1, got {config[flag]}")
-    if args.stop_after is not None and args.stop_after < 1:
-        raise GpucnnError(f"--stop-after must be at least 1, got {args.stop_after}")
+    validate.check_train_settings(config, args.stop_after)
+    save, metrics_out = validate.check_train_outputs(args, config)
+    done = validate.finished(start, config, args.stop_after, args.resume)
+    if done:
+        print(done)
+        return 0
     data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir)
+    validate.check_splits(data)
     init.seed(config["seed"])
     try:  # a bad hyper-parameter is the user's to fix: its message, not a traceback
         model = models.build(config["model"], data.x_train.shape[1:], len(data.classes))
@@ -158,22 +169,21 @@ def cmd_train(args):
     except ValueError as e:
         raise GpucnnError(str(e)) from None
     if ckpt is not None:
+        validate.check_data_fits(data, ckpt, args.resume)
+        validate.check_resume_position(start, steps_per_epoch, args.resume)
         check_model_state(ckpt["model_state"], model.state_dict(), args.resume)
-        model.load_state_dict(ckpt["model_state"])
         try:
+            model.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optim_state"])
-        except ValueError as e:
-            raise CheckpointError(f"{args.resume}: optimiser state does not fit this run: {e}") from None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # a damaged state has any shape
+            raise CheckpointError(f"{args.resume}: its weights or optimiser state do not fit this run: {e}") from None
         print(f"resuming {args.resume} at epoch {start['epoch'] + 1}, step {start['step']}")
-    save = None if args.no_save else args.save
-    if save:
-        os.makedirs(os.path.dirname(os.path.abspath(save)), exist_ok=True)
     print(f"gpucnn: {config['model']} ({model.num_parameters():,} parameters) on {data.name} "
           f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
           f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else ""))
     try:
         fit(model, optimizer, schedule, data, config, start=start, save_path=save,
-            metrics_path=args.metrics_out, progress=not args.no_progress, stop_after=args.stop_after)
+            metrics_path=metrics_out, progress=not args.no_progress, stop_after=args.stop_after)
     except TrainingStopped as e:
         print(f"gpucnn: {e}", file=sys.stderr)
         return 1
@@ -183,28 +193,43 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from gpucnn import models
-    from gpucnn.checkpoint import check_model_state, load_checkpoint
+    from gpucnn import models, validate
+    from gpucnn.checkpoint import CheckpointError, check_model_state, load_checkpoint
     from gpucnn.data import load
+    from gpucnn.errors import GpucnnError
     from gpucnn.train import evaluate
 
+    validate.check_eval_settings(args)
     ckpt = load_checkpoint(args.checkpoint)
+    validate.check_saved_run(ckpt, args.checkpoint, for_resume=False)
     config = ckpt["meta"]["config"]
     name = args.dataset or config["dataset"]
-    data = load(name, data_dir=args.data_dir or (config["data_dir"] if name == config["dataset"] else None),
+    data = load(name, data_dir=args.data_dir or (config.get("data_dir") if name == config["dataset"] else None),
                 cache_dir=args.cache_dir)
-    model = models.build(config["model"], data.x_test.shape[1:], len(data.classes))
-    check_model_state(ckpt["model_state"], model.state_dict(), args.checkpoint)
-    model.load_state_dict(ckpt["model_state"])
+    validate.check_splits(data, ("test",))
+    classes = validate.check_data_fits(data, ckpt, args.checkpoint)
+    try:
+        model = models.build(config["model"], data.x_test.shape[1:], classes)
+    except ValueError as e:
+        raise GpucnnError(f"{args.checkpoint}: {e}") from None
+    try:
+        check_model_state(ckpt["model_state"], model.state_dict(), args.checkpoint)
+    except CheckpointError as e:
+        raise validate.model_mismatch(e, data, args.checkpoint) from None
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{args.checkpoint}: its weights cannot be loaded: {e}") from None
     import numpy
 
     mean = numpy.asarray(ckpt["meta"].get("mean", data.mean), dtype=numpy.float32)
     std = numpy.asarray(ckpt["meta"].get("std", data.std), dtype=numpy.float32)
     loss, acc, per_class = evaluate(model, data.x_test, data.y_test, mean, std,
-                                    batch_size=args.batch_size, classes=len(data.classes))
+                                    batch_size=args.batch_size, classes=classes)
+    names = list(data.classes) + [str(i) for i in range(len(data.classes), classes)]
     print(f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images): loss {loss:.4f}, accuracy {acc:.4f}")
     print(f"{'class':<16} {'accuracy':>8}")
-    for label, a in zip(data.classes, per_class):
+    for label, a in zip(names, per_class):
         print(f"{str(label):<16} {a:>8.4f}")
     return 0
 

@@ -18,6 +18,10 @@ class OutputError(GpucnnError, ValueError):
     """An output path that gpucnn refuses to write; the message names the path and why."""
 
 
+class OutputWriteError(OutputError, OSError):
+    """A write that failed (disk full, directory gone); an OSError too, as it was before."""
+
+
 def check_output(path, *, what, is_ours):
     """The real path to write `what` (e.g. "checkpoint") to, or OutputError.
 
@@ -27,6 +31,8 @@ def check_output(path, *, what, is_ours):
     path = os.fspath(path)
     if not path:
         raise OutputError(f"empty path given for the {what}")
+    if path.endswith(("/", os.sep)):
+        raise OutputError(f"{path}: names a directory; give a file path for the {what}")
     real = os.path.realpath(path)
     if os.path.lexists(real):
         mode = os.stat(real).st_mode if os.path.exists(real) else 0
@@ -58,24 +64,30 @@ def check_distinct(**paths):
         seen[real] = flag
 
 
-def write_atomically(path, write):
+def write_atomically(path, write, what="file"):
     """Call write(binary_file) on a temporary beside `path` (its symlink target), then rename it
     over the target. A crash or an error leaves what was there before; temporaries that an
-    earlier killed write left for this same target are removed first."""
+    earlier killed write left for this same target are removed first. A failing write (disk
+    full, directory gone or read-only) is an OutputError naming the path and the cause."""
     real = os.path.realpath(os.fspath(path))
     directory, name = os.path.split(real)
     _remove_stale_temporaries(directory, name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file open()'s usual mode
         os.replace(tmp, real)
-    except BaseException:  # KeyboardInterrupt too: never leave the temporary file behind
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as e:  # KeyboardInterrupt too: never leave the temporary file behind
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OutputWriteError(f"{path}: cannot write the {what}: {e.strerror or e}"
+                              f" (what was there before is unchanged)") from None
         raise
     _fsync_directory(directory)  # makes the rename itself survive a power cut
 

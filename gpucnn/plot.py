@@ -1,33 +1,66 @@
-"""`gpucnn plot`: loss and accuracy curves from a --metrics-out JSONL file."""
-import json
+"""`gpucnn plot`: loss and accuracy curves from a --metrics-out JSONL file.
+
+The image format comes from the output's suffix (no suffix: .png is added, and the line
+printed says so). An existing output is replaced only when it already is an image of that
+format (its magic bytes say so), the same rule as every gpucnn output (gpucnn.outputs).
+"""
 import os
 
 from gpucnn.errors import GpucnnError
+from gpucnn.metrics import read as read_metrics
+from gpucnn.outputs import check_distinct, check_output, write_atomically
+
+# suffix -> (matplotlib format, test of a file's first bytes)
+FORMATS = {
+    "png": ("png", lambda b: b.startswith(b"\x89PNG\r\n\x1a\n")),
+    "pdf": ("pdf", lambda b: b.startswith(b"%PDF-")),
+    "svg": ("svg", lambda b: b.lstrip().startswith((b"<?xml", b"<svg")) and b"<svg" in b),
+    "eps": ("eps", lambda b: b.startswith(b"%!PS")),
+    "ps": ("ps", lambda b: b.startswith(b"%!PS")),
+    "jpg": ("jpeg", lambda b: b.startswith(b"\xff\xd8\xff")),
+    "jpeg": ("jpeg", lambda b: b.startswith(b"\xff\xd8\xff")),
+    "tif": ("tiff", lambda b: b.startswith((b"II*\x00", b"MM\x00*"))),
+    "tiff": ("tiff", lambda b: b.startswith((b"II*\x00", b"MM\x00*"))),
+    "webp": ("webp", lambda b: b.startswith(b"RIFF") and b[8:12] == b"WEBP"),
+}
 
 
-def read_metrics(path):
-    rows = []
+def output_path(out_path):
+    """(path to write, matplotlib format): .png added when there is no suffix; an unknown
+    suffix is an error listing the known ones."""
+    out_path = os.fspath(out_path)
+    suffix = os.path.splitext(out_path)[1]
+    if not suffix and os.path.lexists(out_path):  # -o /dev/full, -o a_dir: refused as what they are
+        check_output(out_path, what="image", is_ours=lambda p: False)
+    if not suffix and not out_path.endswith(os.sep):
+        out_path, suffix = out_path + ".png", ".png"
+    key = suffix[1:].lower()
+    if key not in FORMATS:
+        raise GpucnnError(f"{out_path}: unknown image suffix {suffix or '(none)'!r}; use one of "
+                          f"{', '.join('.' + k for k in FORMATS)}")
+    return out_path, FORMATS[key][0]
+
+
+def check_plot_output(metrics_path, out_path):
+    """Start-up check of -o: a new file, or an image of the same format; returns (path, format)."""
+    out_path, fmt = output_path(out_path)
+    check_distinct(**{"METRICS": metrics_path, "-o": out_path})
+    looks_right = FORMATS[os.path.splitext(out_path)[1][1:].lower()][1]
+    check_output(out_path, what=f"{fmt} image", is_ours=lambda p: looks_right(_head(p)))
+    return out_path, fmt
+
+
+def _head(path, n=4096):
     try:
-        with open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise GpucnnError(f"{path}, line {lineno}: not a JSON object ({e.msg})") from None
-    except OSError as e:
-        raise GpucnnError(f"cannot read metrics file {path}: {e.strerror}") from None
-    need = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc"}
-    for i, row in enumerate(rows, 1):
-        missing = need - set(row)
-        if missing:
-            raise GpucnnError(f"{path}, record {i}: missing {', '.join(sorted(missing))}")
-    if not rows:
-        raise GpucnnError(f"{path} holds no epochs")
-    return rows
+        with open(path, "rb") as f:
+            return f.read(n)
+    except OSError:
+        return b""
 
 
 def plot(metrics_path, out_path):
+    """Draw the curves of `metrics_path` into `out_path`; returns the path written."""
+    out_path, fmt = check_plot_output(metrics_path, out_path)
     rows = read_metrics(metrics_path)
     try:
         import matplotlib
@@ -39,14 +72,20 @@ def plot(metrics_path, out_path):
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
-        ax.plot(epochs, [r[f"train_{key}"] for r in rows], "o-", label="train")
-        ax.plot(epochs, [r[f"test_{key}"] for r in rows], "s-", label="test")
+        for split, marker in (("train", "o-"), ("test", "s-")):
+            # null (a non-finite value) is a gap in the curve
+            ax.plot(epochs, [float("nan") if r[f"{split}_{key}"] is None else r[f"{split}_{key}"] for r in rows],
+                    marker, label=split)
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(os.path.basename(str(metrics_path)))
     fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
+    try:
+        write_atomically(out_path, lambda f: fig.savefig(f, format=fmt, dpi=120), what=f"{fmt} image")
+    except (ValueError, ImportError, RuntimeError) as e:  # a format this matplotlib cannot write
+        raise GpucnnError(f"{out_path}: matplotlib cannot write {fmt}: {e}") from None
+    finally:
+        plt.close(fig)
     return out_path

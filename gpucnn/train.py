@@ -6,15 +6,15 @@ from its checkpoint trains on exactly the batches it would have seen, and on Num
 bit for bit where the straight run does.
 """
 import contextlib
-import json
 import math
+import os
 import signal
 import time
 
 import numpy
 from tqdm import tqdm
 
-from gpucnn import backend
+from gpucnn import backend, metrics
 from gpucnn.checkpoint import save_checkpoint
 from gpucnn.data.batches import iterate, num_batches
 from gpucnn.layers import SoftmaxCrossEntropy
@@ -87,26 +87,45 @@ def evaluate(model, x, y, mean, std, batch_size=1000, classes=None):
 
 
 class _StopRequested(KeyboardInterrupt):
-    """Ctrl-C seen and the current step finished: the state is whole and can be saved."""
+    """Ctrl-C (or SIGTERM) seen and the current step finished: the state is whole and can be
+    saved. `signum` says which signal, so the command exits 128 + signum like the shell does."""
+
+    def __init__(self, signum=signal.SIGINT):
+        super().__init__()
+        self.signum = signum
+
+
+class _StopNow(KeyboardInterrupt):
+    """A second signal: stop at once, without saving."""
+
+    def __init__(self, signum):
+        super().__init__()
+        self.signum = signum
 
 
 class _Interrupt:
-    """First Ctrl-C: finish the current step, save, stop. Second: stop at once."""
+    """First Ctrl-C or SIGTERM (what Slurm and Kubernetes send before a kill): finish the
+    current step, save, stop. Second: stop at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    signum = signal.SIGINT
 
     def __init__(self):
         self.requested = False
 
     def __enter__(self):
-        self._old = signal.signal(signal.SIGINT, self._handle)
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise _StopNow(signum)
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
         return False
 
 
@@ -129,6 +148,8 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
         if save_path is None:
             return
         meta = {"config": config, "epoch": epoch, "step": step, **sums, "global_step": epoch * steps_per_epoch + step,
+                # what eval checks a dataset against before building the net
+                "input_shape": [int(d) for d in data.x_train.shape[1:]], "num_classes": len(data.classes),
                 # eval must normalise new data exactly as training did
                 "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std]}
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
@@ -165,10 +186,9 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
             log(f"epoch {epoch + 1}/{epochs} - {sums['seconds']:.1f}s - loss {row['train_loss']:.4f} - acc "
                 f"{row['train_acc']:.4f} - test_loss {test_loss:.4f} - test_acc {test_acc:.4f} - "
                 f"{row['images_per_s']:,.0f} img/s")
+            checkpoint(epoch + 1, 0, dict(_ZERO_SUMS))  # first: a failing metrics write must not cost it
             if metrics_path:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            checkpoint(epoch + 1, 0, dict(_ZERO_SUMS))
+                metrics.append(metrics_path, row)
     return history
 
 
@@ -218,7 +238,7 @@ class _Epoch:
                     self._show()
                 self.bar.update(1)
                 if interrupt.requested and not last:
-                    raise _StopRequested
+                    raise _StopRequested(interrupt.signum)
             backend.synchronize()
         finally:
             self.bar.close()
@@ -226,10 +246,9 @@ class _Epoch:
 
     def _check(self, value, save_path):
         if not math.isfinite(value):
-            raise TrainingStopped(
-                f"loss became {value} at epoch {self.epoch + 1}, step {self.done}; stopped "
-                f"(the last good checkpoint, if any, is kept: {save_path or 'none saved'})"
-            )
+            kept = (f"the last good checkpoint is kept: {save_path}" if save_path and os.path.exists(save_path)
+                    else "no checkpoint was saved")
+            raise TrainingStopped(f"loss became {value} at epoch {self.epoch + 1}, step {self.done}; stopped ({kept})")
 
     def _show(self):
         elapsed = self.spent + time.perf_counter() - self.t0

@@ -368,7 +368,7 @@ def test_npz_count_mismatch(tmp_path):
     (dict(y_train=numpy.array([0, -1])), ["negative label"]),
     (dict(x_train=numpy.full((2, 4, 4), 300)), ["values outside 0..255"]),
     (dict(x_test=numpy.zeros((1, 5, 4))), ["x_test images are (1, 5, 4)"]),
-    (dict(classes=numpy.array(["a"])), ["label 1 is out of range for 1 classes"]),
+    (dict(classes=numpy.array(["a"])), ["label 1 at index 1 of y_train is out of range 0..0"]),
 ])
 def test_npz_bad_content(tmp_path, bad, words):
     arrays = dict(x_train=numpy.zeros((2, 4, 4)), y_train=numpy.array([0, 1]),
@@ -395,7 +395,7 @@ def test_npz_missing_and_not_a_zip(tmp_path):
     p = write(tmp_path / "junk.npz", b"not a zip file at all")
     with pytest.raises(DatasetError) as e:
         data.load(p)
-    _assert_error(e, p, "not a readable .npz")
+    _assert_error(e, p, "not an .npz (zip) file")
 
 
 # ---------------------------------------------------------------- digits

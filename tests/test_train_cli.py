@@ -207,7 +207,7 @@ def test_real_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     (["--lr", "-1"], "lr must be >= 0"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--stop-after", "0"], "--stop-after must be at least 1"),
-    (["--warmup-steps", "-3"], "warmup_steps must be >= 0"),
+    (["--warmup-steps", "-3"], "--warmup-steps must be at least 0"),
     (["--dataset", "missing.npz"], "missing.npz"),
 ])
 def test_bad_settings_are_named_without_traceback(args, words, capsys):

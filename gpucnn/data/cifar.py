@@ -83,13 +83,14 @@ def read_batch(path):
                            f"{getattr(data, 'dtype', '')}".rstrip())
     if not isinstance(labels, list) or not all(type(v) is int for v in labels):
         raise DatasetError(f"{path}: b'labels' must be a list of ints")
+    if len(labels) != len(data):
+        raise DatasetError(f"{path}: {len(data)} images but {len(labels)} labels")
+    # Checked as Python ints, before NumPy: a label past int64 cannot overflow the conversion.
+    bad = [i for i, v in enumerate(labels) if not 0 <= v < len(CLASSES)]
+    if bad:
+        raise DatasetError(f"{path}: label {labels[bad[0]]} at index {bad[0]} is out of range "
+                           f"0..{len(CLASSES) - 1} ({len(bad)} bad labels in all)")
     y = numpy.asarray(labels, dtype=numpy.int64)
-    if len(y) != len(data):
-        raise DatasetError(f"{path}: {len(data)} images but {len(y)} labels")
-    bad = numpy.flatnonzero((y < 0) | (y >= len(CLASSES)))
-    if bad.size:
-        i = int(bad[0])
-        raise DatasetError(f"{path}: label {int(y[i])} at index {i} is out of range 0..{len(CLASSES) - 1}")
     return data.reshape(-1, 3, 32, 32), y
 
 

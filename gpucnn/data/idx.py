@@ -14,10 +14,13 @@ import zlib
 import numpy
 
 from .errors import DatasetError, missing
+from .labels import check_labels
+from .npzfile import check_fits_in_memory, inflate_bound
 
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 1 << 20
 
 # The four standard file names, shared by MNIST and Fashion-MNIST.
 FILES = {
@@ -28,65 +31,81 @@ FILES = {
 }
 
 
-def read_bytes(path):
-    """The file's content, gunzipped when it starts with the gzip magic."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if data[:2] != GZIP_MAGIC:
-        return data
-    try:
-        return gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; EOFError = cut short
-        raise DatasetError(f"{path}: corrupt gzip data ({e})") from None
+def _open(path):
+    """(binary stream of the content, its size on disk, gzipped?), decided by the magic bytes."""
+    f = open(path, "rb")
+    gz = f.read(2) == GZIP_MAGIC
+    f.seek(0)
+    return (gzip.GzipFile(fileobj=f) if gz else f), f, os.fstat(f.fileno()).st_size, gz
+
+
+def _read_up_to(f, n, chunk=CHUNK):
+    """Up to n bytes from f, read a chunk at a time: memory grows only with data really there."""
+    out = bytearray()
+    while len(out) < n:
+        part = f.read(min(chunk, n - len(out)))
+        if not part:
+            break
+        out += part
+    return out
 
 
 def _parse(path, magic, ndim):
-    """Check the header and byte count; return (dims, data bytes after the header)."""
-    data = read_bytes(path)
-    if len(data) < 4:
-        raise DatasetError(f"{path}: too short to be an IDX file ({len(data)} bytes)")
-    (found,) = struct.unpack(">i", data[:4])
-    if found != magic:
-        kind = "image" if magic == IMAGES_MAGIC else "label"
-        raise DatasetError(f"{path}: bad magic number {found}, expected {magic} for an IDX {kind} file")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"{path}: truncated header ({len(data)} bytes, need {header})")
-    dims = struct.unpack(f">{ndim}i", data[4:header])
-    if any(d <= 0 for d in dims):
-        raise DatasetError(f"{path}: bad dimensions {dims} in header")
-    expected = math.prod(dims)  # Python ints: a hostile header cannot overflow this
-    body = len(data) - header
-    if body < expected:
-        raise DatasetError(f"{path}: truncated: header says {'x'.join(map(str, dims))} "
-                           f"= {expected} bytes of data, file has {body}")
-    if body > expected:
-        raise DatasetError(f"{path}: {body - expected} unexpected trailing bytes after "
-                           f"{'x'.join(map(str, dims))} values")
-    return dims, memoryview(data)[header:]  # a view: no 47 MB copy
+    """Check the header, then the size it declares against the file before reading the data
+    (a gzip stream is bounded as it inflates); return (dims, data bytes after the header)."""
+    try:
+        stream, raw, size, gz = _open(path)
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot be read ({e.strerror})") from None
+    with raw, stream:
+        try:
+            head = _read_up_to(stream, 4 + 4 * ndim)
+            if len(head) < 4:
+                raise DatasetError(f"{path}: too short to be an IDX file ({len(head)} bytes)")
+            (found,) = struct.unpack(">i", head[:4])
+            if found != magic:
+                kind = "image" if magic == IMAGES_MAGIC else "label"
+                raise DatasetError(f"{path}: bad magic number {found}, expected {magic} for an IDX {kind} file")
+            header = 4 + 4 * ndim
+            if len(head) < header:
+                raise DatasetError(f"{path}: truncated header ({len(head)} bytes, need {header})")
+            dims = struct.unpack(f">{ndim}i", head[4:header])
+            if any(d <= 0 for d in dims):
+                raise DatasetError(f"{path}: bad dimensions {dims} in header")
+            expected = math.prod(dims)  # Python ints: a hostile header cannot overflow this
+            shape = "x".join(map(str, dims))
+            if not gz and size - header != expected:
+                body = size - header
+                if body < expected:
+                    raise DatasetError(f"{path}: truncated: header says {shape} = {expected} bytes of data, "
+                                       f"file has {body}")
+                raise DatasetError(f"{path}: {body - expected} unexpected trailing bytes after {shape} values")
+            if gz and header + expected > inflate_bound(size):
+                raise DatasetError(f"{path}: header says {shape} = {expected:,} bytes of data, more than a "
+                                   f"{size:,}-byte gzip file can inflate to (corrupt header or a gzip bomb)")
+            check_fits_in_memory(expected, path, f"its header ({shape})", DatasetError)
+            body = _read_up_to(stream, expected)
+            if len(body) < expected:
+                raise DatasetError(f"{path}: truncated: header says {shape} = {expected} bytes of data, "
+                                   f"file has {len(body)}")
+            if gz and stream.read(1):  # refuse as soon as the stream goes past what the header declared
+                raise DatasetError(f"{path}: unexpected trailing bytes after {shape} values")
+        except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; EOFError = cut short
+            raise DatasetError(f"{path}: corrupt gzip data ({e})" if gz else f"{path}: cannot be read ({e})") from None
+    return dims, body
 
 
 def read_images(path):
     """uint8 images (N, 1, H, W) from an IDX image file."""
     (n, h, w), body = _parse(path, IMAGES_MAGIC, 3)
-    # bytearray so the array is writable (a bytes buffer would give a read-only one).
-    return numpy.frombuffer(bytearray(body), dtype=numpy.uint8).reshape(n, 1, h, w)
+    # body is a bytearray, so the array is writable (a bytes buffer would give a read-only one).
+    return numpy.frombuffer(body, dtype=numpy.uint8).reshape(n, 1, h, w)
 
 
 def read_labels(path, num_classes):
     """int64 labels (N,) from an IDX label file, each checked to be in 0..num_classes-1."""
     (n,), body = _parse(path, LABELS_MAGIC, 1)
-    labels = numpy.frombuffer(body, dtype=numpy.uint8).astype(numpy.int64)
-    check_labels(labels, num_classes, path)
-    return labels
-
-
-def check_labels(labels, num_classes, path):
-    bad = numpy.flatnonzero((labels < 0) | (labels >= num_classes))
-    if bad.size:
-        i = int(bad[0])
-        raise DatasetError(f"{path}: label {int(labels[i])} at index {i} is out of range "
-                           f"0..{num_classes - 1} ({bad.size} bad labels in all)")
+    return check_labels(numpy.frombuffer(body, dtype=numpy.uint8), path, num_classes=num_classes)
 
 
 def read_pair(images_path, labels_path, num_classes):

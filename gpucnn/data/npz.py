@@ -7,16 +7,19 @@ Image layouts accepted (N = number of images, C = channels, 1 or 3):
 Pixel values: uint8 (0..255) is kept as uint8; other integer types must hold 0..255 and
 become uint8; floats become float32 and are taken as already scaled (typically 0..1),
 so batches.iterate does not divide them by 255.
-Labels: integers >= 0. Class names come from an optional `classes` array of strings,
-else they are "0", "1", ... up to the largest label.
-The file is opened with allow_pickle=False: an .npz can then only hold plain arrays.
+Float pixels must be finite: a NaN or infinity is named with its split and first image.
+Labels: integers >= 0, checked in their stored dtype (labels.py). Class names come from an
+optional `classes` array of strings, else they are "0", "1", ... up to the largest label.
+The file is read by npzfile.read_npz: headers checked against the file before allocating,
+no pickle, so an .npz can only hold plain arrays.
 """
 import os
-import zipfile
 
 import numpy
 
 from .errors import DatasetError, missing
+from .labels import MAX_CLASSES, check_labels
+from .npzfile import read_npz
 
 KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -34,7 +37,10 @@ def _images(path, key, x):
     if x.dtype == numpy.uint8:
         return numpy.ascontiguousarray(x)
     if numpy.issubdtype(x.dtype, numpy.floating):
-        return numpy.ascontiguousarray(x, dtype=numpy.float32)
+        with numpy.errstate(over="ignore"):  # a float64 1e300 becomes inf: checked next
+            x = numpy.ascontiguousarray(x, dtype=numpy.float32)
+        _check_finite(path, key, x)
+        return x
     if numpy.issubdtype(x.dtype, numpy.integer) or x.dtype == numpy.bool_:
         if x.size and (x.min() < 0 or x.max() > 255):
             raise DatasetError(f"{path}: {key} is {x.dtype} with values outside 0..255")
@@ -42,34 +48,38 @@ def _images(path, key, x):
     raise DatasetError(f"{path}: {key} has dtype {x.dtype}; expected integers 0..255 or floats")
 
 
-def _labels(path, key, y):
-    if y.ndim != 1 or not numpy.issubdtype(y.dtype, numpy.integer):
-        raise DatasetError(f"{path}: {key} must be a 1-d integer array, got {y.dtype} {y.shape}")
-    if y.size and y.min() < 0:
-        raise DatasetError(f"{path}: {key} has a negative label ({int(y.min())})")
-    return y.astype(numpy.int64)
+def _check_finite(path, key, x, chunk=4096):
+    """DatasetError naming the first image (and the count) with a NaN or infinite pixel."""
+    bad = numpy.concatenate([~numpy.isfinite(x[i:i + chunk]).reshape(len(x[i:i + chunk]), -1).all(axis=1)
+                             for i in range(0, len(x), chunk)] or [numpy.zeros(0, bool)])
+    if bad.any():
+        i = int(numpy.argmax(bad))
+        kind = "NaN" if numpy.isnan(x[i]).any() else "infinite"
+        raise DatasetError(f"{path}: {key} image {i} has a {kind} pixel ({int(bad.sum())} image(s) "
+                           f"with NaN or infinite pixels in all); pixels must be finite numbers")
 
 
 def load(path):
     """(x_train, y_train, x_test, y_test, classes) from an .npz file."""
     if not os.path.isfile(path):
         raise missing(path, ".npz file", hint="check the path")
-    try:
-        with numpy.load(path, allow_pickle=False) as f:
-            absent = [k for k in KEYS if k not in f.files]
-            if absent:
-                raise DatasetError(f"{path}: missing key(s) {', '.join(absent)}; "
-                                   f"an .npz dataset needs {', '.join(KEYS)}")
-            arrays = {k: f[k] for k in f.files if k in KEYS + ("classes",)}
-    except DatasetError:
-        raise
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:  # ValueError: a pickled object
-        raise DatasetError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None
+    arrays = read_npz(path, error=DatasetError, keys=KEYS + ("classes",))
+    absent = [k for k in KEYS if k not in arrays]
+    if absent:
+        raise DatasetError(f"{path}: missing key(s) {', '.join(absent)}; "
+                           f"an .npz dataset needs {', '.join(KEYS)}")
 
     x_train = _images(path, "x_train", arrays["x_train"])
     x_test = _images(path, "x_test", arrays["x_test"])
-    y_train = _labels(path, "y_train", arrays["y_train"])
-    y_test = _labels(path, "y_test", arrays["y_test"])
+    classes = None
+    if "classes" in arrays:
+        if arrays["classes"].size > MAX_CLASSES:
+            raise DatasetError(f"{path}: classes holds {arrays['classes'].size:,} names; gpucnn trains "
+                               f"at most {MAX_CLASSES:,} classes")
+        classes = [str(c) for c in arrays["classes"].ravel()]
+    n = None if classes is None else len(classes)
+    y_train = check_labels(arrays["y_train"], path, "y_train", n)
+    y_test = check_labels(arrays["y_test"], path, "y_test", n)
     for x, y, split in ((x_train, y_train, "train"), (x_test, y_test, "test")):
         if len(x) != len(y):
             raise DatasetError(f"{path}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels")
@@ -79,11 +89,7 @@ def load(path):
     if x_train.dtype != x_test.dtype:
         raise DatasetError(f"{path}: x_train is {x_train.dtype} but x_test is {x_test.dtype}; "
                            f"use one pixel scale for both")
-    top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
-    if "classes" in arrays:
-        classes = [str(c) for c in arrays["classes"].ravel()]
-        if top >= len(classes):
-            raise DatasetError(f"{path}: label {top} is out of range for {len(classes)} classes")
-    else:
+    if classes is None:
+        top = int(max(y_train.max(initial=0), y_test.max(initial=0)))
         classes = [str(i) for i in range(top + 1)]
     return x_train, y_train, x_test, y_test, classes

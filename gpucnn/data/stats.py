@@ -26,6 +26,8 @@ def channel_stats(x, chunk=4096):
         total += part.sum(axis=(0, 2, 3))
         squares += (part * part).sum(axis=(0, 2, 3))
     count = n * x.shape[2] * x.shape[3]
+    if count == 0:  # no pixels (an empty split): nothing to normalise by
+        return numpy.zeros(c, numpy.float32), numpy.ones(c, numpy.float32)
     mean = total / count
     std = numpy.sqrt(numpy.maximum(squares / count - mean * mean, 0.0))
     std[std < 1e-8] = 1.0

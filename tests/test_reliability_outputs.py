@@ -1,0 +1,238 @@
+"""Nothing a user owns is overwritten: every output a command writes, through the real CLI.
+
+Each case checks the exit status, the one-line message, and that every file the user had is
+byte for byte what it was (snapshot of the whole directory before and after).
+"""
+import json
+import os
+import stat
+
+import pytest
+
+from reliability_helpers import TRAIN, gpucnn, refused, snapshot, tiny_npz, train_tiny
+
+from gpucnn.checkpoint import is_checkpoint, load_checkpoint
+
+ROW = {"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.1, "test_acc": 0.4}
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def test_save_onto_the_dataset_is_refused(tmp_path):
+    d = tiny_npz(tmp_path / "d.npz")
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", d), "--dataset and --save name the same file")
+    assert snapshot(tmp_path) == before
+
+
+def test_save_equal_to_metrics_out_is_refused(tmp_path):
+    d = tiny_npz(tmp_path / "d.npz")
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps(ROW) + "\n")
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", m, "--metrics-out", m),
+            "--save and --metrics-out name the same file")
+    assert snapshot(tmp_path) == before
+
+
+def test_save_onto_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    d = tiny_npz(tmp_path / "d.npz")
+    notes = tmp_path / "notes.ckpt"  # the name says checkpoint; the content does not
+    notes.write_text("my notes\n")
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", notes), str(notes), "not a gpucnn checkpoint")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+def test_save_onto_a_device_is_refused_and_the_device_stays(tmp_path):
+    d = tiny_npz(tmp_path / "d.npz")
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", "/dev/full"), "/dev/full", "not a regular file")
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # still the device node
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", "/dev/full"), "not a regular file")
+    (tmp_path / "m.jsonl").write_text(json.dumps(ROW) + "\n")
+    before = snapshot(tmp_path)
+    refused(gpucnn("plot", tmp_path / "m.jsonl", "-o", "/dev/full"), "/dev/full", "not a regular file")
+    assert not os.path.exists("/dev/full.png")
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_save_onto_a_fifo_is_refused(tmp_path):
+    d = tiny_npz(tmp_path / "d.npz")
+    fifo = tmp_path / "pipe.ckpt"
+    os.mkfifo(fifo)
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", fifo), str(fifo), "not a regular file")
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("suffix", ["", os.sep])
+def test_save_onto_a_directory_is_refused(tmp_path, suffix):
+    d = tiny_npz(tmp_path / "d.npz")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "keep.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", str(tmp_path / "runs") + suffix), "directory")
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", str(tmp_path / "new") + os.sep), "directory")
+    assert snapshot(tmp_path) == before
+
+
+def test_a_symlinked_checkpoint_keeps_its_link(tmp_path):
+    real, link = tmp_path / "store" / "real.ckpt", tmp_path / "link.ckpt"
+    d = train_tiny(tmp_path, real)
+    os.symlink(real, link)
+    old = real.read_bytes()
+    r = gpucnn("train", "--dataset", d, *TRAIN, "--seed", "3", "--save", link)
+    assert r.returncode == 0, r.stderr
+    assert os.path.islink(link) and os.readlink(link) == str(real)
+    assert real.read_bytes() != old and load_checkpoint(link)["meta"]["config"]["seed"] == 3
+
+
+def test_stale_temporaries_of_the_checkpoint_are_removed_at_the_next_save(tmp_path):
+    ckpt = tmp_path / "c.ckpt"
+    stale = tmp_path / ".c.ckpt.k1ll3d.tmp"  # what a SIGKILL during a save leaves
+    other = tmp_path / ".other.ckpt.k1ll3d.tmp"
+    stale.write_bytes(b"PK\x03\x04 half")
+    other.write_bytes(b"not ours to remove")
+    train_tiny(tmp_path, ckpt)
+    assert not stale.exists() and other.read_bytes() == b"not ours to remove" and is_checkpoint(ckpt)
+
+
+def test_save_and_metrics_directories_are_created(tmp_path):
+    ckpt, m = tmp_path / "a" / "b" / "c.ckpt", tmp_path / "logs" / "m.jsonl"
+    train_tiny(tmp_path, ckpt, "--metrics-out", m)
+    assert is_checkpoint(ckpt) and len(m.read_text().splitlines()) == 1
+
+
+def test_an_output_under_a_regular_file_is_refused(tmp_path):
+    d = tiny_npz(tmp_path / "d.npz")
+    (tmp_path / "file").write_text("x")
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", tmp_path / "file" / "c.ckpt"), "cannot create the directory")
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", tmp_path / "file" / "m.jsonl"),
+            "cannot create the directory")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.skipif(AS_ROOT, reason="root may write into a read-only directory, so there is nothing to refuse")
+def test_a_read_only_directory_is_refused(tmp_path):
+    d = tiny_npz(tmp_path / "d.npz")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", ro / "c.ckpt"), "not writable")
+        refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", ro / "m.jsonl"), "not writable")
+        m = tmp_path / "m.jsonl"
+        m.write_text(json.dumps(ROW) + "\n")
+        refused(gpucnn("plot", m, "-o", ro / "c.png"), "not writable")
+        assert os.listdir(ro) == []
+    finally:
+        ro.chmod(0o755)
+
+
+# --- --metrics-out: appending to a metrics file is fine; anything else is refused -----------
+@pytest.mark.parametrize("content", ["", json.dumps(ROW) + "\n"])
+def test_metrics_append_to_an_empty_or_gpucnn_file(tmp_path, content):
+    m = tmp_path / "m.jsonl"
+    m.write_text(content)
+    train_tiny(tmp_path, tmp_path / "c.ckpt", "--metrics-out", m)
+    lines = m.read_text().splitlines()
+    assert m.read_text().startswith(content) and len(lines) == len(content.splitlines()) + 1
+    assert json.loads(lines[-1])["epoch"] == 1
+
+
+@pytest.mark.parametrize("content", ["my notes\n", '{"epoch": 1}\n', "[1, 2]\n", json.dumps(ROW) + "\nnot json\n"])
+def test_metrics_out_onto_another_file_is_refused(tmp_path, content):
+    d = tiny_npz(tmp_path / "d.npz")
+    m = tmp_path / "m.jsonl"
+    m.write_text(content)
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", m), str(m), "not a gpucnn metrics file")
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", d), "--dataset and --metrics-out")
+    assert snapshot(tmp_path) == before
+
+
+def test_metrics_are_strict_json(tmp_path):
+    m = tmp_path / "m.jsonl"
+    train_tiny(tmp_path, tmp_path / "c.ckpt", "--metrics-out", m)
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in the metrics file")
+
+    for line in m.read_text().splitlines():
+        json.loads(line, parse_constant=no_constants)
+
+
+def test_metrics_encode_non_finite_values_as_null():
+    from gpucnn.metrics import encode
+
+    line = encode({**ROW, "test_loss": float("inf"), "train_loss": float("nan")})
+    row = json.loads(line, parse_constant=lambda name: pytest.fail(name))
+    assert row["test_loss"] is None and row["train_loss"] is None and row["epoch"] == 1
+
+
+# --- plot -o ----------------------------------------------------------------------------------
+@pytest.fixture
+def metrics(tmp_path):
+    pytest.importorskip("matplotlib")
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps(ROW) + "\n" + json.dumps({**ROW, "epoch": 2, "test_loss": None}) + "\n")
+    return m
+
+
+def test_plot_without_suffix_says_the_file_it_wrote(tmp_path, metrics):
+    r = gpucnn("plot", metrics, "-o", tmp_path / "curves")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"wrote {tmp_path / 'curves.png'}"
+    assert not (tmp_path / "curves").exists()
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_replaces_its_own_image_and_creates_the_directory(tmp_path, metrics):
+    out = tmp_path / "figs" / "c.svg"
+    for _ in range(2):
+        r = gpucnn("plot", metrics, "-o", out)
+        assert r.returncode == 0, r.stderr
+    assert b"<svg" in out.read_bytes()[:4096]
+
+
+@pytest.mark.parametrize("name, content", [("c.png", b"my holiday photo, not a png"),
+                                           ("c.pdf", b"\x89PNG\r\n\x1a\n a png named .pdf"),
+                                           ("m.png", None)])
+def test_plot_does_not_overwrite_what_is_not_its_image(tmp_path, metrics, name, content):
+    out = tmp_path / name
+    if content is None:
+        out = metrics.with_name("m.png")
+        os.symlink(metrics, out)  # -o resolves to the metrics file itself
+    else:
+        out.write_bytes(content)
+    before = snapshot(tmp_path)
+    refused(gpucnn("plot", metrics, "-o", out), str(out))
+    assert snapshot(tmp_path) == before
+
+
+def test_plot_unknown_suffix_and_missing_or_blocked_directory(tmp_path, metrics):
+    before = snapshot(tmp_path)
+    refused(gpucnn("plot", metrics, "-o", tmp_path / "c.xyz"), "unknown image suffix '.xyz'", ".png")
+    (tmp_path / "file").write_text("x")
+    before = snapshot(tmp_path)
+    refused(gpucnn("plot", metrics, "-o", tmp_path / "file" / "c.png"), "cannot create the directory")
+    assert snapshot(tmp_path) == before
+
+
+def test_write_atomically_reports_a_failed_write_and_leaves_the_old_file(tmp_path):
+    from gpucnn.outputs import OutputError, write_atomically
+
+    target = tmp_path / "c.bin"
+    target.write_bytes(b"old")
+
+    def disk_full(f):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OutputError, match="No space left on device") as e:
+        write_atomically(target, disk_full, what="checkpoint")
+    assert isinstance(e.value, OSError) and str(target) in str(e.value)
+    assert os.listdir(tmp_path) == ["c.bin"] and target.read_bytes() == b"old"
