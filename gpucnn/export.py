@@ -232,7 +232,7 @@ def to_onnx(model, input_shape, *, softmax=False, metadata=None):
     was_training = model.training
     model.eval()
     try:
-        dtype = next((p.value.dtype for p in model.parameters()), numpy.dtype(numpy.float32))
+        dtype = _dtype(model) or numpy.dtype(numpy.float32)
         g = Graph(onnx, dtype)
         g._samples[INPUT] = backend.xp.zeros((1, *input_shape), dtype=dtype)
         y = g.convert(model, INPUT)
@@ -265,6 +265,13 @@ def to_onnx(model, input_shape, *, softmax=False, metadata=None):
     except onnx.checker.ValidationError as e:  # a converter bug, not the user's: say which check failed
         raise ExportError(f"the ONNX graph failed onnx.checker: {str(e).splitlines()[0]}") from None
     return proto
+
+
+def _dtype(module):
+    """The float type the net computes in: its first layer's."""
+    if isinstance(module, Sequential):
+        return next((d for d in map(_dtype, module.layers) if d is not None), None)
+    return getattr(module, "dtype", None)
 
 
 def is_our_onnx(path):
