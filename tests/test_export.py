@@ -209,3 +209,29 @@ def test_cli_export_from_a_bad_checkpoint(tmp_path, capsys):
     assert cli.main(["export", "--checkpoint", str(tmp_path / "junk.ckpt"), "-o", str(tmp_path / "m.onnx")]) == 2
     assert "junk.ckpt: not a readable checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.gpu
+def test_export_and_predict_on_cupy_match_numpy(rng):
+    """The live-backend paths: a net whose arrays live on the GPU exports the same graph and
+    predicts the same probabilities as its NumPy twin."""
+    pytest.importorskip("cupy")
+    from gpucnn.predict import predict_arrays
+    from gpucnn.trained import Trained
+
+    init.seed(3)
+    host = _with_statistics(models.build("vgg_bn", (3, 16, 16), 10), rng)
+    x = rng.random((9, 3, 16, 16)).astype(numpy.float32)
+    mean, std = numpy.full(3, 0.5, numpy.float32), numpy.full(3, 0.25, numpy.float32)
+    expected = predict_arrays(Trained(host, "vgg_bn", (3, 16, 16), list("0123456789"), mean, std, ""), x)
+    backend.select("cupy")
+    try:
+        init.seed(0)
+        gpu = models.build("vgg_bn", (3, 16, 16), 10)
+        gpu.load_state_dict(host.state_dict())
+        got = predict_arrays(Trained(gpu.eval(), "vgg_bn", (3, 16, 16), list("0123456789"), mean, std, ""), x)
+        proto = to_onnx(gpu, (3, 16, 16))
+    finally:
+        backend.select("numpy")
+    numpy.testing.assert_allclose(got, expected, atol=1e-5)
+    numpy.testing.assert_allclose(_run_onnx(proto, x), _logits(host, x), atol=1e-5)

@@ -23,18 +23,18 @@ MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
 
 @pytest.fixture(scope="module")
 def mnist_run(tmp_path_factory):
-    """A `small` net trained one epoch on 3000 MNIST digits (about a second), and 24 test digits."""
+    """A `small` net trained one epoch on 1200 MNIST digits (about a second), and 24 test digits."""
     if not os.path.isdir(MNIST):
         pytest.skip("MNIST not found beside the repository (shared/data/mnist)")
     d = tmp_path_factory.mktemp("mnist_run")
-    x = idx.read_images(idx.find(MNIST, idx.FILES["train_images"]))[:3000, 0]
-    y = idx.read_labels(idx.find(MNIST, idx.FILES["train_labels"]), 10)[:3000]
+    x = idx.read_images(idx.find(MNIST, idx.FILES["train_images"]))[:1200, 0]
+    y = idx.read_labels(idx.find(MNIST, idx.FILES["train_labels"]), 10)[:1200]
     xt = idx.read_images(idx.find(MNIST, idx.FILES["test_images"]))[:24, 0]
     yt = idx.read_labels(idx.find(MNIST, idx.FILES["test_labels"]), 10)[:24]
-    numpy.savez(d / "mnist3k.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
+    numpy.savez(d / "mnist1k.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
     ckpt = d / "m.ckpt"
-    assert cli.main(["train", "--dataset", str(d / "mnist3k.npz"), "--epochs", "1", "--no-progress",
-                     "--save", str(ckpt)]) == 0
+    assert cli.main(["train", "--dataset", str(d / "mnist1k.npz"), "--epochs", "1", "--batch-size", "32",
+                     "--no-progress", "--save", str(ckpt)]) == 0
     return ckpt, xt, yt
 
 
@@ -62,7 +62,7 @@ def test_lossless_files_give_the_arrays_probabilities(mnist_run, tmp_path, ext):
     probs = numpy.array([[t["probability"] for t in sorted(r["top_k"], key=lambda t: t["index"])] for r in got])
     numpy.testing.assert_allclose(probs, expected, atol=1e-6)
     assert [r["path"] for r in got] == paths
-    assert numpy.mean([int(r["class"]) == label for r, label in zip(got, yt)]) >= 0.75  # a 1-epoch net
+    assert numpy.mean([int(r["class"]) == label for r, label in zip(got, yt)]) >= 0.5  # a weak net, far above chance
 
 
 def test_jpeg_and_an_inverted_scan(mnist_run, tmp_path):
