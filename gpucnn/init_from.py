@@ -42,8 +42,42 @@ def _read_safetensors(path):
                             f"pip install 'gpucnn[safetensors]'") from None
     try:
         return load_file(path)
-    except (SafetensorError, OSError, ValueError, TypeError) as e:  # bf16 has no NumPy dtype: TypeError
+    except TypeError as e:
+        if "bfloat16" not in str(e):
+            raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+        return _read_safetensors_bf16(path)
+    except (SafetensorError, OSError, ValueError) as e:
         raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+
+
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+                       "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def _read_safetensors_bf16(path):
+    """bfloat16 has no NumPy dtype, so safetensors' NumPy API refuses files holding it. The
+    format is a JSON header of byte ranges, so read it directly: a bfloat16 is the top half
+    of a float32, widened by a shift."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            body = f.read()
+        header.pop("__metadata__", None)
+        out = {}
+        for key, info in header.items():
+            start, end = info["data_offsets"]
+            if info["dtype"] == "BF16":
+                raw = numpy.frombuffer(body[start:end], dtype="<u2").astype(numpy.uint32) << 16
+                out[key] = raw.view(numpy.float32).reshape(info["shape"])
+            else:
+                out[key] = numpy.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+    return out
 
 
 def _read_torch(path):

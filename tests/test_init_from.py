@@ -118,3 +118,19 @@ def test_without_torch_a_pt_file_is_a_message(tmp_path, monkeypatch):
 def test_init_from_and_resume_exclude_each_other(tmp_path, capsys):
     assert cli.main([*RUN, "--init-from", "a.pt", "--resume", "b.ckpt"]) == 2
     assert "give one of them" in capsys.readouterr().err
+
+
+def test_bfloat16_safetensors_from_pytorch(tmp_path):
+    """safetensors' NumPy API has no bfloat16; such files (common from PyTorch) still load, widened exactly."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    from gpucnn.torch_twin import to_torch
+
+    state = {k: (v.to(torch.bfloat16) if v.is_floating_point() else v) for k, v in to_torch(_net(2)).state_dict().items()}
+    save_file(state, str(tmp_path / "bf16.safetensors"))
+    model = _net(0)
+    init_from(model, tmp_path / "bf16.safetensors")
+    for k, v in model.state_dict().items():
+        numpy.testing.assert_array_equal(v, state[k].float().numpy(), err_msg=k)
