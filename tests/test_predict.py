@@ -138,6 +138,7 @@ def test_old_checkpoint_without_shape_and_classes(tmp_path):
     ckpt = tmp_path / "d.ckpt"
     assert cli.main(["train", "--epochs", "1", "--no-progress", "--save", str(ckpt)]) == 0
     c = load_checkpoint(ckpt)
+    assert c["meta"]["input_shape"] == [1, 8, 8] and c["meta"]["classes"] == [str(i) for i in range(10)]  # recorded now
     for key in ("input_shape", "classes", "mean", "std"):
         del c["meta"][key]
     save_checkpoint(tmp_path / "old.ckpt", model_state=c["model_state"], meta=c["meta"])
