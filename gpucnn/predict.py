@@ -67,31 +67,39 @@ def image_paths(paths):
 def read_image(path, input_shape, invert=False, fit="stretch"):
     """float32 (C, H, W) in 0..1 for a net trained on `input_shape` images; UnreadableImage."""
     Image = pillow()
-    from PIL import ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
     channels, h, w = input_shape
-    background = 255 if invert else 0
     try:
         with Image.open(path) as im:
             im.load()
-            im = ImageOps.exif_transpose(im)  # phone photos store their rotation in EXIF
-            if im.mode in _SIXTEEN_BIT:
-                im, scale = Image.fromarray(numpy.asarray(im, dtype=numpy.float32)), 1 / 65535
-                background = 65535 if invert else 0
-            elif im.mode == "F":
-                scale, background = 1.0, float(invert)
-            else:
-                im, scale = _flatten_alpha(Image, im, background), 1 / 255
-                im = im.convert("L" if channels == 1 else "RGB")
-            im = _fit(Image, ImageOps, im, (w, h), fit, background)
-            x = numpy.asarray(im, dtype=numpy.float32) * numpy.float32(scale)
-    except (OSError, ValueError, SyntaxError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        raise UnreadableImage(f"not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-    x = numpy.clip(x, 0.0, 1.0)
+            im = ImageOps.exif_transpose(im)  # a copy, with the rotation phone photos keep in EXIF
+    except Exception as e:  # whatever a broken or hostile file makes a decoder raise: that file is skipped
+        raise UnreadableImage(f"not a readable image ({_short(e)})") from None
+    background = 255 if invert else 0
+    try:
+        if im.mode in _SIXTEEN_BIT:
+            im, scale = Image.fromarray(numpy.asarray(im, dtype=numpy.float32)), 1 / 65535
+            background = 65535 if invert else 0
+        elif im.mode == "F":
+            scale, background = 1.0, float(invert)
+        else:
+            im, scale = _flatten_alpha(Image, im, background), 1 / 255
+            if im.mode not in ("1", "L", "RGB"):  # CMYK, YCbCr, LAB, ...: through RGB
+                im = im.convert("RGB")
+            im = im.convert("L" if channels == 1 else "RGB")
+        im = _fit(Image, ImageOps, im, (w, h), fit, background)
+    except (OSError, ValueError) as e:
+        raise UnreadableImage(f"an image of mode {im.mode} that cannot be converted ({_short(e)})") from None
+    x = numpy.clip(numpy.asarray(im, dtype=numpy.float32) * numpy.float32(scale), 0.0, 1.0)
     x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
     if x.shape[0] != channels:  # a 16-bit or float grey image for an RGB net
         x = numpy.repeat(x, channels, axis=0)
     return 1.0 - x if invert else x
+
+
+def _short(e):
+    return f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
 
 
 def _flatten_alpha(Image, im, background):

@@ -208,3 +208,14 @@ def test_without_pillow_the_message_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)
     with pytest.raises(GpucnnError, match=r"gpucnn\[image\]"):
         predict.pillow()
+
+
+def test_truncated_and_unusual_files(tmp_path):
+    from gpucnn.predict import UnreadableImage
+
+    Image.fromarray(numpy.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=numpy.uint8)).save(tmp_path / "a.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "a.jpg").read_bytes()[:300])
+    with pytest.raises(UnreadableImage, match="not a readable image"):
+        read_image(tmp_path / "cut.jpg", (3, 8, 8))
+    Image.new("CMYK", (4, 4), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")  # no ink: white paper
+    assert read_image(tmp_path / "cmyk.jpg", (1, 8, 8)).min() > 0.95
