@@ -122,6 +122,7 @@ def _export_parser(sub):
     p.add_argument("--checkpoint", required=True, help="checkpoint file written by gpucnn train")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.onnx or FILE.safetensors")
     p.add_argument("--softmax", action="store_true", help="ONNX: end the graph with a Softmax (output 'probabilities' instead of 'logits')")
+    p.add_argument("--fold-bn", action="store_true", help="ONNX: fold each BatchNorm into the convolution before it (default: BatchNormalization nodes)")
     _backend_flags(p)
     p.set_defaults(func=cmd_export)
 

@@ -1,8 +1,8 @@
 """`gpucnn export`: a trained net for runtimes that have never heard of gpucnn.
 
-.onnx         the eval-mode net as a standard ONNX graph (opset OPSET): Conv, BatchNormalization,
-              Relu, MaxPool, AveragePool / GlobalAveragePool, Flatten, Gemm, Add, Mul, and
-              Softmax with softmax=True. Input "input" (batch, C, H, W), the batch dimension
+.onnx         the eval-mode net as a standard ONNX graph (opset OPSET): Conv, BatchNormalization
+              (or, with fold_bn, folded into the Conv before it), Relu, MaxPool, AveragePool /
+              GlobalAveragePool, Flatten, Gemm, Add, Mul, and Softmax with softmax=True. Input "input" (batch, C, H, W), the batch dimension
               dynamic; output "logits" (or "probabilities"). Weights are initializers named by
               their state_dict keys. Built with the `onnx` package and checked by onnx.checker.
 .safetensors  the state_dict under PyTorch's keys (safetensors' NumPy API) and, in its
@@ -222,20 +222,57 @@ if _Scale is not None:
         return g.node("Mul", [x, g.constant(factor, _key(where, "factor"))], where)
 
 
+# --- folding BatchNorm into the convolution before it ------------------------------------------
+def fold_batchnorm(module):
+    """An eval-mode copy of `module` in which every Conv2d directly followed by a BatchNorm2d
+    is one Conv2d: with s = gamma / sqrt(running_var + eps),
+        W' = W * s (per output channel),   b' = (b - running_mean) * s + beta
+    (computed in float64). Other layers are shared with `module`, not copied."""
+    if isinstance(module, Sequential):
+        layers, out, i = [fold_batchnorm(layer) for layer in module.layers], [], 0
+        while i < len(layers):
+            if i + 1 < len(layers) and type(layers[i]) is Conv2d and type(layers[i + 1]) is BatchNorm2d:
+                out.append(_folded(layers[i], layers[i + 1]))
+                i += 2
+            else:
+                out.append(layers[i])
+                i += 1
+        return Sequential(*out).eval()
+    if _Residual is not None and isinstance(module, _Residual):
+        shortcut = None if module.shortcut is None else fold_batchnorm(module.shortcut)
+        return _Residual(fold_batchnorm(module.body), shortcut).eval()
+    return module
+
+
+def _folded(conv, bn):
+    f64 = lambda a: backend.to_numpy(a).astype(numpy.float64)  # noqa: E731
+    s = f64(bn.params["weight"]) / numpy.sqrt(f64(bn.buffers["running_var"]) + bn.eps)
+    w = f64(conv.params["weight"]) * s[:, None, None, None]
+    b = f64(conv.params["bias"]) if "bias" in conv.params else 0.0
+    b = (b - f64(bn.buffers["running_mean"])) * s + f64(bn.params["bias"])
+    fused = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                   bias=True, dtype=conv.dtype)
+    fused.params["weight"][...] = backend.to_device(w, conv.dtype)
+    fused.params["bias"][...] = backend.to_device(b, conv.dtype)
+    return fused.eval()
+
+
 # --- ONNX -------------------------------------------------------------------------------
-def to_onnx(model, input_shape, *, softmax=False, metadata=None):
+def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
     """The eval-mode `model` (a Sequential of supported layers) as a checked onnx.ModelProto
-    taking (batch, *input_shape); `metadata` (str -> str) goes into its metadata_props."""
+    taking (batch, *input_shape); fold_bn merges each Conv2d -> BatchNorm2d pair into one Conv
+    (fold_batchnorm); `metadata` (str -> str) goes into its metadata_props."""
     onnx = _onnx()
     from onnx import helper
 
     was_training = model.training
     model.eval()
     try:
-        dtype = _dtype(model) or numpy.dtype(numpy.float32)
+        net = fold_batchnorm(model) if fold_bn else model
+        dtype = _dtype(net) or numpy.dtype(numpy.float32)
         g = Graph(onnx, dtype)
         g._samples[INPUT] = backend.xp.zeros((1, *input_shape), dtype=dtype)
-        y = g.convert(model, INPUT)
+        y = g.convert(net, INPUT)
         out_shape = g.shape(y)
         if softmax:
             y = g.node("Softmax", [y], "", axis=1)
@@ -339,12 +376,14 @@ def run(args, print_fn=print):
     from gpucnn.trained import load_trained
 
     real = check_export_path(args.output)
-    if args.softmax and output_format(args.output) != ".onnx":
-        raise ExportError("--softmax applies to .onnx exports only")
+    for flag, given in (("--softmax", args.softmax), ("--fold-bn", args.fold_bn)):
+        if given and output_format(args.output) != ".onnx":
+            raise ExportError(f"{flag} applies to .onnx exports only")
     trained = load_trained(args.checkpoint)
     meta = description(trained)
     if output_format(args.output) == ".onnx":
-        data = to_onnx(trained.model, trained.input_shape, softmax=args.softmax, metadata=meta).SerializeToString()
+        data = to_onnx(trained.model, trained.input_shape, softmax=args.softmax, fold_bn=args.fold_bn,
+                       metadata=meta).SerializeToString()
         what = f"ONNX opset {OPSET}, input {INPUT!r} (batch, {', '.join(map(str, trained.input_shape))}), " \
                f"output {PROBABILITIES if args.softmax else LOGITS!r}"
     else:

@@ -202,6 +202,9 @@ def test_export_replaces_only_its_own_files(trained_ckpt, tmp_path, capsys):
         assert (tmp_path / name).read_bytes() == b"a user's file"
     assert cli.main(["export", "--checkpoint", str(trained_ckpt), "-o", str(tmp_path / "m.pb")]) == 2
     assert ".onnx or .safetensors" in capsys.readouterr().err
+    assert cli.main(["export", "--checkpoint", str(trained_ckpt), "-o", str(tmp_path / "m.safetensors"), "--fold-bn"]) == 2
+    assert "--fold-bn applies to .onnx exports only" in capsys.readouterr().err
+    assert cli.main(["export", "--checkpoint", str(trained_ckpt), "-o", str(tmp_path / "m.onnx"), "--fold-bn"]) == 0
 
 
 def test_cli_export_from_a_bad_checkpoint(tmp_path, capsys):
@@ -235,3 +238,17 @@ def test_export_and_predict_on_cupy_match_numpy(rng):
         backend.select("numpy")
     numpy.testing.assert_allclose(got, expected, atol=1e-5)
     numpy.testing.assert_allclose(_run_onnx(proto, x), _logits(host, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", cli_models())
+def test_folded_batchnorm_gives_the_same_logits(name, rng):
+    init.seed(5)
+    model = _with_statistics(models.build(name, (3, 32, 32), 10), rng).train()
+    proto = to_onnx(model, (3, 32, 32), fold_bn=True)
+    assert model.training  # the caller's net is left as it was
+    ops = [n.op_type for n in proto.graph.node]
+    assert "BatchNormalization" not in ops
+    x = rng.standard_normal((4, 3, 32, 32)).astype(numpy.float32)
+    numpy.testing.assert_allclose(_run_onnx(proto, x), _logits(model, x), rtol=0, atol=1e-5)
+    plain = [n.op_type for n in to_onnx(model, (3, 32, 32)).graph.node]
+    assert ops.count("Conv") == plain.count("Conv") and len(ops) == len(plain) - plain.count("BatchNormalization")
