@@ -82,6 +82,15 @@ class Graph:
         self.onnx, self.dtype = onnx, numpy.dtype(dtype)
         self.nodes, self.initializers, self._samples, self._names = [], [], {}, set()
 
+    def trace(self, name, example):
+        """Declare graph input `name`, traced with the `example` batch (on the live backend)."""
+        self._names.add(name)
+        self._samples[name] = example
+
+    def sample(self, name):
+        """The traced example value of `name` (batch of 1)."""
+        return self._samples[name]
+
     def shape(self, name):
         """The traced shape of value `name` (batch dimension 1)."""
         return tuple(self._samples[name].shape)
@@ -207,8 +216,8 @@ if _GlobalAvgPool2d is not None:
     @converter(_GlobalAvgPool2d)
     def _global_avgpool(g, pool, x, where):
         y = g.node("GlobalAveragePool", [x], where)  # (N, C, 1, 1)
-        n_dims = getattr(pool.forward(g._samples[x]), "ndim", 4)
-        return g.node("Flatten", [y], where, axis=1) if n_dims == 2 else y
+        flat = pool.forward(g.sample(x)).ndim == 2  # gpucnn's GlobalAvgPool2d flattens to (N, C)
+        return g.node("Flatten", [y], where, axis=1) if flat else y
 
 if _Dropout is not None:
     @converter(_Dropout)
@@ -271,7 +280,7 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
         net = fold_batchnorm(model) if fold_bn else model
         dtype = _dtype(net) or numpy.dtype(numpy.float32)
         g = Graph(onnx, dtype)
-        g._samples[INPUT] = backend.xp.zeros((1, *input_shape), dtype=dtype)
+        g.trace(INPUT, backend.xp.zeros((1, *input_shape), dtype=dtype))
         y = g.convert(net, INPUT)
         out_shape = g.shape(y)
         if softmax:
@@ -279,7 +288,7 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
         out_name = PROBABILITIES if softmax else LOGITS
     finally:
         model.train(was_training)
-    if y in (INPUT,) or y in {i.name for i in g.initializers}:
+    if y == INPUT:  # an empty net
         g.nodes.append(helper.make_node("Identity", [y], [out_name], name=out_name))
     else:
         for node in g.nodes:
