@@ -1,4 +1,4 @@
-"""The command line: gpucnn train | eval | check | plot (also `python -m gpucnn ...`).
+"""The command line: gpucnn train | eval | predict | export | check | plot (also `python -m gpucnn ...`).
 
 Arguments are parsed before gpucnn.backend is imported, so --backend and --tf32 take
 effect at start-up, the one moment the backend is chosen.
@@ -52,6 +52,8 @@ def _train_parser(sub):
                         "its directory is created if missing (default: runs/last.ckpt)")
     p.add_argument("--no-save", action="store_true", help="write no checkpoint")
     p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its configuration is used; --epochs may extend it)")
+    p.add_argument("--init-from", metavar="FILE",
+                   help="start from the weights in FILE: .safetensors or a PyTorch state_dict (.pt/.pth); keys and shapes must match exactly")
     p.add_argument("--metrics-out", metavar="FILE.jsonl",
                    help="append one JSON object per epoch to a new, empty or gpucnn metrics file; its directory is "
                         "created if missing (default: none)")
@@ -68,7 +70,7 @@ def _backend_flags(p):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="gpucnn", description="Train and inspect CNNs on CuPy (CUDA) or NumPy.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,check,plot}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export,check,plot}")
     _train_parser(sub)
 
     p = sub.add_parser("eval", help="test loss, accuracy and per-class accuracy of a checkpoint")
@@ -79,6 +81,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size (default: 1000)")
     _backend_flags(p)
     p.set_defaults(func=cmd_eval)
+    _predict_parser(sub)
+    _export_parser(sub)
 
     p = sub.add_parser("check", help="gradient-check every layer on the live backend (float64)")
     _backend_flags(p)
@@ -92,6 +96,42 @@ def build_parser():
                         "(default: curves.png)")
     p.set_defaults(func=cmd_plot)
     return parser
+
+
+def _predict_parser(sub):
+    p = sub.add_parser("predict", help="class probabilities of a checkpoint for image files",
+                       description="Classify image files (PNG, JPEG, BMP, ... via Pillow: pip install 'gpucnn[image]'). "
+                                   "Each image becomes what the net was trained on: grey or RGB, resized to the training "
+                                   "images' size (--fit), pixels scaled to 0..1 and normalised with the checkpoint's mean/std. "
+                                   "MNIST-style nets expect white digits on a black background; use --invert for "
+                                   "black-on-white scans. One line per image (path: class (probability)  top-k), or --json.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file written by gpucnn train")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (searched recursively for images)")
+    p.add_argument("--top-k", type=int, default=3, help="how many classes to list per image (default: 3)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image instead of a line of text")
+    p.add_argument("--invert", action="store_true", help="invert the pixels (v -> 1 - v): black-on-white images for a white-on-black net")
+    p.add_argument("--fit", choices=["stretch", "crop", "pad"], default="stretch",
+                   help="how an image is brought to the net's size: stretch (resize the whole image), crop (centre crop "
+                        "to the net's aspect ratio, then resize) or pad (fit inside, borders of background colour) "
+                        "(default: stretch; bilinear resampling, antialiased)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _backend_flags(p)
+    p.set_defaults(func=cmd_predict)
+
+
+def _export_parser(sub):
+    p = sub.add_parser("export", help="write a checkpoint's net as ONNX or safetensors",
+                       description="Export the eval-mode net of a checkpoint. FILE.onnx: a standard ONNX graph "
+                                   "(pip install 'gpucnn[onnx]'); FILE.safetensors: the state_dict under PyTorch's keys "
+                                   "with the model's name, input shape, classes and mean/std in its metadata "
+                                   "(pip install 'gpucnn[safetensors]').")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file written by gpucnn train")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.onnx or FILE.safetensors")
+    p.add_argument("--softmax", action="store_true", help="ONNX: end the graph with a Softmax (output 'probabilities' instead of 'logits')")
+    p.add_argument("--fold-bn", action="store_true", help="ONNX: fold each BatchNorm into the convolution before it (default: BatchNormalization nodes)")
+    _backend_flags(p)
+    p.set_defaults(func=cmd_export)
 
 
 def main(argv=None):
@@ -147,6 +187,8 @@ def cmd_train(args):
     from gpucnn.optim import make_optimizer, make_schedule
     from gpucnn.train import TrainingStopped, fit
 
+    if args.init_from and args.resume:
+        raise GpucnnError("--init-from starts a new run; --resume continues one: give one of them")
     config, start, ckpt = _config(args)
     config["graph"] = bool(args.graph)
     validate.check_train_settings(config, args.stop_after)
@@ -168,6 +210,10 @@ def cmd_train(args):
                                  gamma=config["gamma"], min_lr=config["min_lr"])
     except ValueError as e:
         raise GpucnnError(str(e)) from None
+    if args.init_from:
+        from gpucnn.init_from import init_from
+
+        print(f"initialised from {args.init_from} ({init_from(model, args.init_from)} arrays)")
     if ckpt is not None:
         validate.check_data_fits(data, ckpt, args.resume)
         validate.check_resume_position(start, steps_per_epoch, args.resume)
@@ -232,6 +278,18 @@ def cmd_eval(args):
     for label, a in zip(names, per_class):
         print(f"{str(label):<16} {a:>8.4f}")
     return 0
+
+
+def cmd_predict(args):
+    from gpucnn.predict import run
+
+    return run(args)
+
+
+def cmd_export(args):
+    from gpucnn.export import run
+
+    return run(args)
 
 
 def cmd_check(args):

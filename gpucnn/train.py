@@ -151,7 +151,9 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 # what eval checks a dataset against before building the net
                 "input_shape": [int(d) for d in data.x_train.shape[1:]], "num_classes": len(data.classes),
                 # eval must normalise new data exactly as training did
-                "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std]}
+                "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
+                # predict and export rebuild the net and label its outputs without the dataset
+                "input_shape": [int(v) for v in data.x_train.shape[1:]], "classes": [str(c) for c in data.classes]}
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
 
     stream = getattr(step_fn, "stream", None)

@@ -1,0 +1,122 @@
+"""`gpucnn train --init-from FILE`: start training from weights made elsewhere.
+
+FILE is a .safetensors file (gpucnn export writes them, as do most PyTorch tools) or a
+PyTorch state_dict saved with torch.save (.pt / .pth / .bin), read with
+torch.load(weights_only=True), which unpickles tensors and plain containers only.
+Keys and shapes must match the model exactly, the rule of PyTorch's strict
+load_state_dict; the error lists every missing and unexpected key and every shape that differs.
+"""
+import os
+
+import numpy
+
+from gpucnn.checkpoint import CheckpointError, check_model_state
+from gpucnn.errors import GpucnnError
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+
+
+class InitFromError(GpucnnError, ValueError):
+    """--init-from names a file whose weights cannot be read or do not fit the model."""
+
+
+def read_weights(path):
+    """{key: NumPy array} from a .safetensors or PyTorch state_dict file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InitFromError(f"--init-from {path}: no such file")
+    if path.lower().endswith(".safetensors"):
+        return _read_safetensors(path)
+    if path.lower().endswith(TORCH_SUFFIXES):
+        return _read_torch(path)
+    raise InitFromError(f"--init-from {path}: unknown weights format; expected .safetensors or a PyTorch "
+                        f"state_dict ({', '.join(TORCH_SUFFIXES)})")
+
+
+def _read_safetensors(path):
+    try:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+    except ImportError:
+        raise InitFromError(f"--init-from {path}: reading .safetensors needs the safetensors package: "
+                            f"pip install 'gpucnn[safetensors]'") from None
+    try:
+        return load_file(path)
+    except TypeError as e:
+        if "bfloat16" not in str(e):
+            raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+        return _read_safetensors_bf16(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+
+
+_SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+                       "I8": "i1", "U8": "u1", "BOOL": "?"}
+
+
+def _read_safetensors_bf16(path):
+    """bfloat16 has no NumPy dtype, so safetensors' NumPy API refuses files holding it. The
+    format is a JSON header of byte ranges, so read it directly: a bfloat16 is the top half
+    of a float32, widened by a shift."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+            body = f.read()
+        header.pop("__metadata__", None)
+        out = {}
+        for key, info in header.items():
+            start, end = info["data_offsets"]
+            if info["dtype"] == "BF16":
+                raw = numpy.frombuffer(body[start:end], dtype="<u2").astype(numpy.uint32) << 16
+                out[key] = raw.view(numpy.float32).reshape(info["shape"])
+            else:
+                out[key] = numpy.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+        raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+    return out
+
+
+def _read_torch(path):
+    try:
+        import torch
+    except ImportError:
+        raise InitFromError(f"--init-from {path}: a PyTorch state_dict is read with torch, which is not "
+                            f"installed; install torch, or convert the file to .safetensors") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (a disallowed global), RuntimeError (not a torch file), ...
+        raise InitFromError(f"--init-from {path}: not a loadable PyTorch state_dict ({_short(e)})") from None
+    if not isinstance(state, dict):
+        raise InitFromError(f"--init-from {path}: holds a {type(state).__name__}, not a state_dict "
+                            f"(a dict of tensors, as model.state_dict() gives)")
+    bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        hint = next((f"; the weights may be under {k!r}: save that entry alone" for k in bad
+                     if k in ("state_dict", "model_state_dict", "model")), "")
+        raise InitFromError(f"--init-from {path}: is not a state_dict: entries {bad[:8]} are not tensors{hint}")
+    # bfloat16 / float16 have no exact NumPy twin in every version: widen to float32, as the
+    # model would on loading anyway.
+    return {k: (v.float() if v.is_floating_point() and v.dtype not in (torch.float32, torch.float64) else v)
+            .detach().cpu().numpy() for k, v in state.items()}
+
+
+def init_from(model, path):
+    """Load the weights in `path` into `model`, strictly; returns how many arrays were loaded."""
+    state = read_weights(path)
+    try:
+        check_model_state(state, model.state_dict(), f"--init-from {path}")
+    except CheckpointError as e:
+        hint = ""
+        if state and all(k.startswith("module.") for k in state):
+            hint = " (every key starts with 'module.': saved from a DataParallel wrapper; save model.module.state_dict())"
+        raise InitFromError(str(e).replace("is from a different model", "does not fit this model") + hint) from None
+    model.load_state_dict({k: numpy.asarray(v) for k, v in state.items()})
+    return len(state)
+
+
+def _short(e):
+    return f"{type(e).__name__}: {e}".splitlines()[0]
