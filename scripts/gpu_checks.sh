@@ -139,7 +139,7 @@ bench_rows() {
 }
 last_line() { grep -v '^\s*$' "$1" | tail -n 1; }
 pytest_line() { grep -E '[0-9]+ (passed|failed|skipped|error)' "$1" | tail -n 1 | sed 's/^=* *//; s/ *=*$//'; }
-env_line() { head -n 1 "$1" | tr '\n' ' '; echo -n "| "; tail -n 1 "$1"; }
+env_line() { awk 'NR == 1 { first = $0 } { last = $0 } END { print (NR > 1 ? first " | " last : first) }' "$1"; }
 bench_line() {  # "lenet-128 2.10x torch, mem 0.80x; ..." from the table's rows
   awk '/^(lenet|vgg_bn)-[0-9]+ / { if ($2 == "FAILED:") printf "%s FAILED; ", $1;
        else printf "%s %s img/s %sx torch, mem %sx; ", $1, $2, $4, $7 }' "$1" | sed 's/; $//'
