@@ -111,7 +111,7 @@ run_mnist() {  # OUTFILE TRAIN-FLAGS...
   local json=$1
   shift
   [ -f "$MNIST_DIR/train-images-idx3-ubyte.gz" ] || {
-    echo "no MNIST in $MNIST_DIR: stage it first (docs/benchmarks.md: cp -r ../shared/data/mnist .data/)"; return 2; }
+    echo "no MNIST in $MNIST_DIR: stage it first (docs/benchmarks.md: cp -rf ../shared/data/mnist .data/)"; return 2; }
   "$PY" scripts/time_to_accuracy.py --json "$json" "$@"
 }
 run_fashion() {
