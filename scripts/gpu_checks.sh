@@ -23,7 +23,8 @@
 # finds no budget left is FAILED (or SKIPPED), and then the exit status is 1.
 #
 # Writes under OUT_DIR (at most 8 files, no folders, so the device tool returns them all):
-#   summary.txt   the table printed last: step, status, seconds, headline figure
+#   summary.txt   printed last: the bench figures as a Markdown table (scripts/bench_table.py),
+#                 then the steps' table: step, status, seconds, headline figure
 #   summary.json  the same as JSON
 #   all.log       every step's full output, in order
 #   bench*.json, mnist.json   the figures, as the scripts wrote them
@@ -173,7 +174,14 @@ fi
 json_string() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
 failed=0
 for i in "${!names[@]}"; do [ "${statuses[$i]}" = ok ] || failed=1; done
+benches=()
+for f in bench.json bench_graph.json bench_eager.json bench_tf32.json; do
+  [ -f "$out/$f" ] && benches+=("$out/$f")
+done
 {
+  if [ "${#benches[@]}" -gt 0 ]; then  # the figures, ready for docs/benchmarks.md (not a step)
+    "$PY" scripts/bench_table.py "${benches[@]}" 2>/dev/null && echo
+  fi
   printf '%-12s %-30s %5s  %s\n' step status s headline
   for i in "${!names[@]}"; do
     printf '%-12s %-30s %5s  %s\n' "${names[$i]}" "${statuses[$i]}" "${seconds[$i]}" "${headlines[$i]}"
