@@ -122,8 +122,8 @@ class _Handle:
         # call below fails). The finaliser holds the stream and the workspace, so neither
         # goes before cublasDestroy, which waits for the device's pending work.
         keep = [stream]
-        self._destroy = weakref.finalize(self, _destroy, lib, self.handle, keep)
-        self._destroy.atexit = False  # at exit the driver frees it all; CUDA may be gone by then
+        self._finalizer = weakref.finalize(self, _destroy, lib, self.handle, keep)
+        self._finalizer.atexit = False  # at exit the driver frees it all; CUDA may be gone by then
         self._check(lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(stream.ptr)), "cublasSetStream")
         self.workspace = cupy.empty(_WORKSPACE_BYTES, dtype=cupy.uint8)
         keep.append(self.workspace)
@@ -138,11 +138,11 @@ class _Handle:
         """Destroy the handle now (dropping the last reference does the same)."""
         if _handles.get(self.stream.ptr) is self:
             del _handles[self.stream.ptr]
-        self._destroy()
+        self._finalizer()
 
     @property
     def alive(self):
-        return self._destroy.alive
+        return self._finalizer.alive
 
     @staticmethod
     def _check(status, what):

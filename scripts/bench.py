@@ -117,7 +117,9 @@ def gpucnn_runner(name, shape, batch, args):
     runner = Runner(lambda: step(x, y), backend.synchronize, batch, args.steps, args.warmup, settle)
 
     def peak():
-        # CuPy's pool keeps every block it ever took until freed: its size is the high-water mark.
+        # CuPy's pools keep every block they took until emptied, and only the capture empties
+        # the default one (of the eager warm-up step, whose peak is about the graph's pool):
+        # their size at the end is the case's high-water mark, within that warm-up's margin.
         if backend.name() != "cupy":
             return None
         graph_bytes = step.pool_bytes() if hasattr(step, "pool_bytes") else 0

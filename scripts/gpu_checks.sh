@@ -23,7 +23,8 @@
 # finds no budget left is FAILED (or SKIPPED), and then the exit status is 1.
 #
 # Writes under OUT_DIR (at most 8 files, no folders, so the device tool returns them all):
-#   summary.txt   the table printed last: step, status, seconds, headline figure
+#   summary.txt   printed last: the bench figures as a Markdown table (scripts/bench_table.py),
+#                 then the steps' table: step, status, seconds, headline figure
 #   summary.json  the same as JSON
 #   all.log       every step's full output, in order
 #   bench*.json, mnist.json   the figures, as the scripts wrote them
@@ -111,7 +112,7 @@ run_mnist() {  # OUTFILE TRAIN-FLAGS...
   local json=$1
   shift
   [ -f "$MNIST_DIR/train-images-idx3-ubyte.gz" ] || {
-    echo "no MNIST in $MNIST_DIR: stage it first (docs/benchmarks.md: cp -r ../shared/data/mnist .data/)"; return 2; }
+    echo "no MNIST in $MNIST_DIR: stage it first (docs/benchmarks.md: cp -rf ../shared/data/mnist .data/)"; return 2; }
   "$PY" scripts/time_to_accuracy.py --json "$json" "$@"
 }
 run_fashion() {
@@ -139,7 +140,7 @@ bench_rows() {
 }
 last_line() { grep -v '^\s*$' "$1" | tail -n 1; }
 pytest_line() { grep -E '[0-9]+ (passed|failed|skipped|error)' "$1" | tail -n 1 | sed 's/^=* *//; s/ *=*$//'; }
-env_line() { head -n 1 "$1" | tr '\n' ' '; echo -n "| "; tail -n 1 "$1"; }
+env_line() { awk 'NR == 1 { first = $0 } { last = $0 } END { print (NR > 1 ? first " | " last : first) }' "$1"; }
 bench_line() {  # "lenet-128 2.10x torch, mem 0.80x; ..." from the table's rows
   awk '/^(lenet|vgg_bn)-[0-9]+ / { if ($2 == "FAILED:") printf "%s FAILED; ", $1;
        else printf "%s %s img/s %sx torch, mem %sx; ", $1, $2, $4, $7 }' "$1" | sed 's/; $//'
@@ -173,7 +174,14 @@ fi
 json_string() { local s=${1//\\/\\\\}; s=${s//\"/\\\"}; printf '"%s"' "$s"; }
 failed=0
 for i in "${!names[@]}"; do [ "${statuses[$i]}" = ok ] || failed=1; done
+benches=()
+for f in bench.json bench_graph.json bench_eager.json bench_tf32.json; do
+  [ -f "$out/$f" ] && benches+=("$out/$f")
+done
 {
+  if [ "${#benches[@]}" -gt 0 ]; then  # the figures, ready for docs/benchmarks.md (not a step)
+    "$PY" scripts/bench_table.py "${benches[@]}" 2>/dev/null && echo
+  fi
   printf '%-12s %-30s %5s  %s\n' step status s headline
   for i in "${!names[@]}"; do
     printf '%-12s %-30s %5s  %s\n' "${names[$i]}" "${statuses[$i]}" "${seconds[$i]}" "${headlines[$i]}"

@@ -62,3 +62,18 @@ def test_a_failed_case_is_reported_and_fails_the_run(tmp_path):
     assert "lenet-128    FAILED: timed out after 0.01 s" in proc.stdout
     report = json.loads(out.read_text())
     assert report["failed"] == ["lenet-128"] and report["rows"] == [{"case": "lenet-128", "error": "timed out after 0.01 s"}]
+
+
+def test_bench_table_puts_runs_side_by_side(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_table", os.path.join(ROOT, "scripts", "bench_table.py"))
+    bench_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_table)
+    row = {"case": "lenet-128", "gpucnn_img_s": 250000, "torch_img_s": 100000, "ratio": 2.5,
+           "gpucnn_peak_mib": 40.0, "torch_peak_mib": 80.0}
+    graph = {"device": "GPU (H200)", "mode": "CUDA graphs, fp32", "rows": [row, {"case": "vgg_bn-256", "error": "exit status 1"}]}
+    eager = {"device": "GPU (H200)", "mode": "eager, fp32", "rows": [dict(row, gpucnn_img_s=1530000, ratio=15.3)]}
+    lines = bench_table.table([graph, eager])
+    assert lines[0].endswith("| CUDA graphs, fp32 | eager, fp32 |")
+    assert lines[2] == "| lenet-128 | 250.0k vs 100.0k = 2.50x; 40 vs 80 MiB | 1.53M vs 100.0k = 15.30x; 40 vs 80 MiB |"
+    assert lines[3] == "| vgg_bn-256 | FAILED: exit status 1 |  |"
+    assert lines[-1] == "Device: GPU (H200)."
