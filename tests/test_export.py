@@ -210,7 +210,7 @@ def test_export_replaces_only_its_own_files(trained_ckpt, tmp_path, capsys):
 def test_cli_export_from_a_bad_checkpoint(tmp_path, capsys):
     (tmp_path / "junk.ckpt").write_bytes(b"PK\x03\x04 not really a zip")
     assert cli.main(["export", "--checkpoint", str(tmp_path / "junk.ckpt"), "-o", str(tmp_path / "m.onnx")]) == 2
-    assert "junk.ckpt: not a readable checkpoint" in capsys.readouterr().err
+    assert "junk.ckpt: not a readable .npz (truncated or corrupt?)" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
 
 
