@@ -130,13 +130,13 @@ def test_idx_reader_keeps_memory_to_what_the_header_declares(tmp_path):
 
     from gpucnn.data import DatasetError, idx
 
-    p = write_bytes(tmp_path / "bomb.gz", gzip.compress(idx_bytes(2051, (8, 28, 28), bytes(6272)) + bytes(200 << 20), 9))
+    p = write_bytes(tmp_path / "bomb.gz", gzip.compress(idx_bytes(2051, (8, 28, 28), bytes(6272)) + bytes(48 << 20), 9))
     tracemalloc.start()
     with pytest.raises(DatasetError, match="trailing"):
         idx.read_images(p)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 8 << 20, f"peak {peak:,} bytes while refusing a 200 MB bomb"
+    assert peak < 8 << 20, f"peak {peak:,} bytes while refusing a 48 MB bomb"
 
 
 # --- eval: a dataset that does not fit the checkpoint's net -----------------------------------
