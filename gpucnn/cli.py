@@ -157,6 +157,8 @@ def cmd_train(args):
         return 0
     data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir)
     validate.check_splits(data)
+    if ckpt is not None:
+        validate.check_data_fits(data, ckpt, args.resume)
     init.seed(config["seed"])
     try:  # a bad hyper-parameter is the user's to fix: its message, not a traceback
         model = models.build(config["model"], data.x_train.shape[1:], len(data.classes))
@@ -169,7 +171,6 @@ def cmd_train(args):
     except ValueError as e:
         raise GpucnnError(str(e)) from None
     if ckpt is not None:
-        validate.check_data_fits(data, ckpt, args.resume)
         validate.check_resume_position(start, steps_per_epoch, args.resume)
         check_model_state(ckpt["model_state"], model.state_dict(), args.resume)
         try:

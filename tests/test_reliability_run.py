@@ -140,6 +140,8 @@ DAMAGE = {
     "negative step": (_set(["meta", "step"], -1), "step is -1"),
     "position past the run": (_set(["meta", "epoch"], 7), "at epoch 7, step 0 of a 2-epoch run"),
     "std of zero": (_set(["meta", "std"], [0.0]), "std is [0.0]"),
+    "absurd class count": (_set(["meta", "num_classes"], 10**9), "num_classes is 1000000000"),
+    "absurd image size": (_set(["meta", "input_shape"], [1, 8, 10**7]), "input_shape is [1, 8, 10000000]"),
     "tuple of a number": (_set(["meta", "config"], {"__tuple__": 5}), "not a list"),
 }
 
