@@ -53,8 +53,9 @@ def _train_parser(sub):
     p.add_argument("--no-save", action="store_true", help="write no checkpoint")
     p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its configuration is used; --epochs may extend it)")
     p.add_argument("--metrics-out", metavar="FILE.jsonl",
-                   help="append one JSON object per epoch to a new, empty or gpucnn metrics file; its directory is "
-                        "created if missing (default: none)")
+                   help="append one strict-JSON object per epoch; FILE must be new, empty, or have every line such an "
+                        "object (with epoch, train_loss, train_acc, test_loss, test_acc); its directory is created "
+                        "if missing (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     p.set_defaults(func=cmd_train)
 

@@ -236,3 +236,17 @@ def test_write_atomically_reports_a_failed_write_and_leaves_the_old_file(tmp_pat
         write_atomically(target, disk_full, what="checkpoint")
     assert isinstance(e.value, OSError) and str(target) in str(e.value)
     assert os.listdir(tmp_path) == ["c.bin"] and target.read_bytes() == b"old"
+
+
+def test_metrics_out_onto_a_large_foreign_file_reads_one_line(tmp_path):
+    """A 64 MB file without a newline (a video, say) is refused after its first MB."""
+    from gpucnn.metrics import MAX_LINE, is_metrics_file
+
+    big = tmp_path / "video.jsonl"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)
+    assert not is_metrics_file(big)
+    d = tiny_npz(tmp_path / "d.npz")
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", big), "not a gpucnn metrics file")
+    assert snapshot(tmp_path) == before and MAX_LINE < 64 << 20
