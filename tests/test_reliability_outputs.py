@@ -250,3 +250,18 @@ def test_metrics_out_onto_a_large_foreign_file_reads_one_line(tmp_path):
     before = snapshot(tmp_path)
     refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", big), "not a gpucnn metrics file")
     assert snapshot(tmp_path) == before and MAX_LINE < 64 << 20
+
+
+def test_save_onto_a_forged_checkpoint_is_refused_without_allocating(tmp_path):
+    """A zip whose marker entry declares a 4 TB string: is_checkpoint says no, from the header."""
+    from reliability_helpers import forge_shape, npz_entries, write_zip
+
+    ckpt = tmp_path / "c.ckpt"
+    d = train_tiny(tmp_path, ckpt)
+    entries = npz_entries(ckpt)
+    entries["__checkpoint__.npy"] = forge_shape(entries["__checkpoint__.npy"], (10**12,))
+    write_zip(ckpt, entries)
+    assert not is_checkpoint(ckpt)
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", ckpt), "not a gpucnn checkpoint")
+    assert snapshot(tmp_path) == before
