@@ -188,3 +188,12 @@ def test_eval_batch_size_must_be_positive(tmp_path, trained, size):
     before = snapshot(tmp_path)
     refused(gpucnn("eval", "--checkpoint", trained, "--batch-size", size), f"--batch-size must be at least 1, got {size}")
     assert snapshot(tmp_path) == before
+
+
+def test_a_downloaded_gzip_bomb_is_not_inflated_to_the_end(tmp_path, monkeypatch):
+    from gpucnn.data import DatasetError, download
+
+    monkeypatch.setattr(download, "MAX_INFLATED", 4 << 20)  # the real bound is 256 MB
+    bomb = write_bytes(tmp_path / "x.gz", gzip.compress(bytes(16 << 20), 9))
+    with pytest.raises(DatasetError, match="inflates past 4 MB"):
+        download._md5(bomb, True, "http://mirror/x.gz")
