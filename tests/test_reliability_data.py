@@ -197,3 +197,14 @@ def test_a_downloaded_gzip_bomb_is_not_inflated_to_the_end(tmp_path, monkeypatch
     bomb = write_bytes(tmp_path / "x.gz", gzip.compress(bytes(16 << 20), 9))
     with pytest.raises(DatasetError, match="inflates past 4 MB"):
         download._md5(bomb, True, "http://mirror/x.gz")
+
+
+def test_a_cifar_label_past_int64_is_named_not_overflowed(tmp_path):
+    import pickle
+
+    from gpucnn.data import DatasetError, cifar
+
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(pickle.dumps({b"data": numpy.zeros((2, 3072), numpy.uint8), b"labels": [0, 2**70]}, protocol=2))
+    with pytest.raises(DatasetError, match=r"label 1180591620717411303424 at index 1 is out of range 0\.\.9"):
+        cifar.read_batch(str(p))
