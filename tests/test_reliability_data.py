@@ -205,6 +205,6 @@ def test_a_cifar_label_past_int64_is_named_not_overflowed(tmp_path):
     from gpucnn.data import DatasetError, cifar
 
     p = tmp_path / "data_batch_1"
-    p.write_bytes(pickle.dumps({b"data": numpy.zeros((2, 3072), numpy.uint8), b"labels": [0, 2**70]}, protocol=2))
+    p.write_bytes(pickle.dumps({b"data": numpy.zeros((2, 3072), numpy.uint8), b"labels": [0, 2**70]}, protocol=3))
     with pytest.raises(DatasetError, match=r"label 1180591620717411303424 at index 1 is out of range 0\.\.9"):
         cifar.read_batch(str(p))
