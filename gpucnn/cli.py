@@ -55,8 +55,9 @@ def _train_parser(sub):
     p.add_argument("--init-from", metavar="FILE",
                    help="start from the weights in FILE: .safetensors or a PyTorch state_dict (.pt/.pth); keys and shapes must match exactly")
     p.add_argument("--metrics-out", metavar="FILE.jsonl",
-                   help="append one JSON object per epoch to a new, empty or gpucnn metrics file; its directory is "
-                        "created if missing (default: none)")
+                   help="append one strict-JSON object per epoch; FILE must be new, empty, or have every line such an "
+                        "object (with epoch, train_loss, train_acc, test_loss, test_acc); its directory is created "
+                        "if missing (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     p.set_defaults(func=cmd_train)
 
@@ -199,6 +200,8 @@ def cmd_train(args):
         return 0
     data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir)
     validate.check_splits(data)
+    if ckpt is not None:
+        validate.check_data_fits(data, ckpt, args.resume)
     init.seed(config["seed"])
     try:  # a bad hyper-parameter is the user's to fix: its message, not a traceback
         model = models.build(config["model"], data.x_train.shape[1:], len(data.classes))
@@ -215,7 +218,6 @@ def cmd_train(args):
 
         print(f"initialised from {args.init_from} ({init_from(model, args.init_from)} arrays)")
     if ckpt is not None:
-        validate.check_data_fits(data, ckpt, args.resume)
         validate.check_resume_position(start, steps_per_epoch, args.resume)
         check_model_state(ckpt["model_state"], model.state_dict(), args.resume)
         try:

@@ -13,6 +13,7 @@ from gpucnn.errors import GpucnnError
 from gpucnn.outputs import OutputWriteError
 
 KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
+MAX_LINE = 1 << 20  # one epoch's row is a few hundred bytes
 
 
 class MetricsError(GpucnnError, ValueError):
@@ -37,32 +38,41 @@ def append(path, row):
 
 def read(path, allow_empty=False):
     """The rows of a metrics file, each checked: a JSON object with KEYS, whose values are
-    numbers or null (epoch: a finite number). MetricsError names the first bad line."""
+    numbers or null (epoch: a finite number). MetricsError names the first bad line; reading
+    stops there, so a large file that is not ours costs one line, not the whole file."""
+    rows = []
     try:
         if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block, a device never end
             raise MetricsError(f"cannot read metrics file {path}: not a regular file")
         with open(path, "rb") as f:
-            raw = f.read()
+            for lineno, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), b""), 1):
+                if len(line) > MAX_LINE:
+                    raise MetricsError(f"{path}, line {lineno}: longer than {MAX_LINE:,} bytes; "
+                                       f"not a metrics file written by gpucnn train")
+                row = _parse_line(line, path, lineno)
+                if row is not None:
+                    rows.append(row)
     except OSError as e:
         raise MetricsError(f"cannot read metrics file {path}: {e.strerror}") from None
-    rows = []
-    for lineno, line in enumerate(raw.split(b"\n"), 1):
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise MetricsError(f"{path}, line {lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at column "
-                               f"{e.start + 1}); not a metrics file written by gpucnn train") from None
-        if not text.strip():
-            continue
-        try:
-            row = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise MetricsError(f"{path}, line {lineno}: not a JSON object "
-                               f"({getattr(e, 'msg', 'nested too deeply')})") from None
-        rows.append(_check_row(row, path, lineno))
     if not rows and not allow_empty:
         raise MetricsError(f"{path} holds no epochs")
     return rows
+
+
+def _parse_line(line, path, lineno):
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MetricsError(f"{path}, line {lineno}: not UTF-8 text (byte 0x{line[e.start]:02x} at column "
+                           f"{e.start + 1}); not a metrics file written by gpucnn train") from None
+    if not text.strip():
+        return None
+    try:
+        row = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise MetricsError(f"{path}, line {lineno}: not a JSON object "
+                           f"({getattr(e, 'msg', 'nested too deeply')})") from None
+    return _check_row(row, path, lineno)
 
 
 def _check_row(row, path, lineno):

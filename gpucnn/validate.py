@@ -8,10 +8,12 @@ damaged checkpoint is refused like a bad flag, never with a traceback.
 """
 import math
 
+from gpucnn.data.labels import MAX_CLASSES
 from gpucnn.errors import GpucnnError
 from gpucnn.outputs import check_distinct, check_output
 
 INT_LIMIT = 2**63  # every count and seed must fit NumPy's int64
+MAX_SIDE = 1 << 16  # of a saved input shape: larger is damage, not an image
 
 # key: (kind, lowest value or None). kinds: int, float (finite; an int is fine), bool, str,
 # and "?" after a kind for "or None (the default)".
@@ -114,12 +116,11 @@ def check_saved_run(ckpt, path, *, for_resume):
             if not isinstance(v, list) or not v or not all(_number(x) and math.isfinite(x) for x in v) \
                     or (key == "std" and min(v) <= 0):
                 raise damaged(f"{key} is {_clip(v)}, not a list of finite numbers" + (" > 0" if key == "std" else ""))
-    for key in ("input_shape",):
-        if key in meta and not (isinstance(meta[key], list) and len(meta[key]) == 3
-                                and all(type(d) is int and 0 < d < INT_LIMIT for d in meta[key])):
-            raise damaged(f"input_shape is {_clip(meta[key])}, not three positive integers")
-    if "num_classes" in meta and not (type(meta["num_classes"]) is int and meta["num_classes"] >= 1):
-        raise damaged(f"num_classes is {_clip(meta['num_classes'])}")
+    if "input_shape" in meta and not (isinstance(meta["input_shape"], list) and len(meta["input_shape"]) == 3
+                                      and all(type(d) is int and 0 < d <= MAX_SIDE for d in meta["input_shape"])):
+        raise damaged(f"input_shape is {_clip(meta['input_shape'])}, not three integers 1..{MAX_SIDE}")
+    if "num_classes" in meta and not (type(meta["num_classes"]) is int and 1 <= meta["num_classes"] <= MAX_CLASSES):
+        raise damaged(f"num_classes is {_clip(meta['num_classes'])}, not an integer 1..{MAX_CLASSES:,}")
     if not for_resume:
         return
     for key, kind in POSITION.items():

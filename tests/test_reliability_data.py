@@ -130,13 +130,13 @@ def test_idx_reader_keeps_memory_to_what_the_header_declares(tmp_path):
 
     from gpucnn.data import DatasetError, idx
 
-    p = write_bytes(tmp_path / "bomb.gz", gzip.compress(idx_bytes(2051, (8, 28, 28), bytes(6272)) + bytes(200 << 20), 9))
+    p = write_bytes(tmp_path / "bomb.gz", gzip.compress(idx_bytes(2051, (8, 28, 28), bytes(6272)) + bytes(48 << 20), 9))
     tracemalloc.start()
     with pytest.raises(DatasetError, match="trailing"):
         idx.read_images(p)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 8 << 20, f"peak {peak:,} bytes while refusing a 200 MB bomb"
+    assert peak < 8 << 20, f"peak {peak:,} bytes while refusing a 48 MB bomb"
 
 
 # --- eval: a dataset that does not fit the checkpoint's net -----------------------------------
@@ -188,3 +188,23 @@ def test_eval_batch_size_must_be_positive(tmp_path, trained, size):
     before = snapshot(tmp_path)
     refused(gpucnn("eval", "--checkpoint", trained, "--batch-size", size), f"--batch-size must be at least 1, got {size}")
     assert snapshot(tmp_path) == before
+
+
+def test_a_downloaded_gzip_bomb_is_not_inflated_to_the_end(tmp_path, monkeypatch):
+    from gpucnn.data import DatasetError, download
+
+    monkeypatch.setattr(download, "MAX_INFLATED", 4 << 20)  # the real bound is 256 MB
+    bomb = write_bytes(tmp_path / "x.gz", gzip.compress(bytes(16 << 20), 9))
+    with pytest.raises(DatasetError, match="inflates past 4 MB"):
+        download._md5(bomb, True, "http://mirror/x.gz")
+
+
+def test_a_cifar_label_past_int64_is_named_not_overflowed(tmp_path):
+    import pickle
+
+    from gpucnn.data import DatasetError, cifar
+
+    p = tmp_path / "data_batch_1"
+    p.write_bytes(pickle.dumps({b"data": numpy.zeros((2, 3072), numpy.uint8), b"labels": [0, 2**70]}, protocol=3))
+    with pytest.raises(DatasetError, match=r"label 1180591620717411303424 at index 1 is out of range 0\.\.9"):
+        cifar.read_batch(str(p))

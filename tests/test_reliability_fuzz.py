@@ -1,8 +1,8 @@
 """Property: any corruption of a valid file is either loaded or refused with gpucnn's own error.
 
 Seeded random damage (bytes flipped, runs overwritten, cut short, bytes inserted or deleted)
-to a valid dataset .npz, IDX files (raw and gzipped) and a checkpoint, fed to the loaders the
-command line uses. A bounded number of cases per file keeps it to a few seconds.
+to a valid dataset .npz, IDX files (raw and gzipped), a checkpoint and a metrics file, fed to
+the loaders the command line uses (and to is_checkpoint, which must answer, never raise). A bounded number of cases per file keeps it to a few seconds.
 """
 import gzip
 import io
@@ -12,8 +12,9 @@ import pytest
 
 from reliability_helpers import idx_bytes, tiny_arrays
 
-from gpucnn import validate
-from gpucnn.checkpoint import load_checkpoint, save_checkpoint
+from gpucnn import metrics, validate
+from gpucnn.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
+from gpucnn.metrics import encode
 from gpucnn.data import idx, npz
 from gpucnn.errors import GpucnnError
 
@@ -66,6 +67,15 @@ def load_whole_checkpoint(path):
     return ckpt
 
 
+def marker(path):
+    """is_checkpoint never raises: a bool for any file."""
+    if not is_checkpoint(path):
+        raise GpucnnError(f"{path}: not a checkpoint")
+
+
+METRICS = b"".join(encode({"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5, "test_loss": 0.9, "test_acc": 0.6,
+                           "lr": 0.01}).encode() for e in (1, 2, 3))
+
 IMAGES = idx_bytes(2051, (5, 6, 7), numpy.arange(210, dtype=numpy.uint8).tobytes())
 LABELS = idx_bytes(2049, (5,), bytes([0, 1, 2, 3, 9]))
 
@@ -75,6 +85,8 @@ FILES = {
     "idx images gz": (lambda tmp: gzip.compress(IMAGES), idx.read_images),
     "idx labels gz": (lambda tmp: gzip.compress(LABELS), lambda p: idx.read_labels(p, 10)),
     "checkpoint": (checkpoint_file, load_whole_checkpoint),
+    "checkpoint marker": (checkpoint_file, marker),
+    "metrics": (lambda tmp: METRICS, metrics.read),
 }
 
 

@@ -236,3 +236,32 @@ def test_write_atomically_reports_a_failed_write_and_leaves_the_old_file(tmp_pat
         write_atomically(target, disk_full, what="checkpoint")
     assert isinstance(e.value, OSError) and str(target) in str(e.value)
     assert os.listdir(tmp_path) == ["c.bin"] and target.read_bytes() == b"old"
+
+
+def test_metrics_out_onto_a_large_foreign_file_reads_one_line(tmp_path):
+    """A 64 MB file without a newline (a video, say) is refused after its first MB."""
+    from gpucnn.metrics import MAX_LINE, is_metrics_file
+
+    big = tmp_path / "video.jsonl"
+    with open(big, "wb") as f:
+        f.truncate(64 << 20)
+    assert not is_metrics_file(big)
+    d = tiny_npz(tmp_path / "d.npz")
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", big), "not a gpucnn metrics file")
+    assert snapshot(tmp_path) == before and MAX_LINE < 64 << 20
+
+
+def test_save_onto_a_forged_checkpoint_is_refused_without_allocating(tmp_path):
+    """A zip whose marker entry declares a 4 TB string: is_checkpoint says no, from the header."""
+    from reliability_helpers import forge_shape, npz_entries, write_zip
+
+    ckpt = tmp_path / "c.ckpt"
+    d = train_tiny(tmp_path, ckpt)
+    entries = npz_entries(ckpt)
+    entries["__checkpoint__.npy"] = forge_shape(entries["__checkpoint__.npy"], (10**12,))
+    write_zip(ckpt, entries)
+    assert not is_checkpoint(ckpt)
+    before = snapshot(tmp_path)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", ckpt), "not a gpucnn checkpoint")
+    assert snapshot(tmp_path) == before

@@ -140,15 +140,33 @@ DAMAGE = {
     "negative step": (_set(["meta", "step"], -1), "step is -1"),
     "position past the run": (_set(["meta", "epoch"], 7), "at epoch 7, step 0 of a 2-epoch run"),
     "std of zero": (_set(["meta", "std"], [0.0]), "std is [0.0]"),
+    "absurd class count": (_set(["meta", "num_classes"], 10**9), "num_classes is 1000000000"),
+    "absurd image size": (_set(["meta", "input_shape"], [1, 8, 10**7]), "input_shape is [1, 8, 10000000]"),
     "tuple of a number": (_set(["meta", "config"], {"__tuple__": 5}), "not a list"),
 }
 
 
+@pytest.fixture(scope="module")
+def half_run(tmp_path_factory):
+    """The bytes of a checkpoint after epoch 1 of a 2-epoch run on tiny data (trained once)."""
+    root = tmp_path_factory.mktemp("half")
+    train_tiny(root, root / "c.ckpt", "--epochs", "2", "--stop-after", "1")
+    return root
+
+
+@pytest.fixture
+def ckpt(tmp_path, half_run):
+    """A private copy of half_run's checkpoint and dataset, for a test to damage."""
+    import shutil
+
+    for name in os.listdir(half_run):
+        shutil.copy(half_run / name, tmp_path / name)
+    return tmp_path / "c.ckpt"
+
+
 @pytest.mark.parametrize("case", sorted(DAMAGE))
-def test_a_damaged_checkpoint_configuration_is_refused(tmp_path, case):
+def test_a_damaged_checkpoint_configuration_is_refused(tmp_path, ckpt, case):
     edit, words = DAMAGE[case]
-    ckpt = tmp_path / "c.ckpt"
-    train_tiny(tmp_path, ckpt, "--epochs", "2", "--stop-after", "1")
     edit_checkpoint(ckpt, edit)
     before = snapshot(tmp_path)
     refused(gpucnn("train", "--resume", ckpt, "--save", ckpt, "--no-progress"), str(ckpt), words)
@@ -163,9 +181,7 @@ def test_a_damaged_checkpoint_configuration_is_refused(tmp_path, case):
      "nests more than 64 levels"),
     ('{"format": "gpucnn-checkpoint", "version": 1, "model": {}, "meta": {"config": {"lr": NaN}}}', "lr must be a finite"),
 ])
-def test_a_deeply_nested_or_non_finite_configuration_is_refused(tmp_path, raw, words):
-    ckpt = tmp_path / "c.ckpt"
-    train_tiny(tmp_path, ckpt)
+def test_a_deeply_nested_or_non_finite_configuration_is_refused(tmp_path, ckpt, raw, words):
     edit_checkpoint(ckpt, None, raw=raw)
     before = snapshot(tmp_path)
     refused(gpucnn("eval", "--checkpoint", ckpt), str(ckpt))
@@ -261,11 +277,9 @@ def test_a_fifo_as_an_input_is_refused_without_blocking(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["pipe"]
 
 
-def test_weights_that_are_not_numbers_are_refused(tmp_path):
+def test_weights_that_are_not_numbers_are_refused(tmp_path, ckpt):
     import numpy
 
-    ckpt = tmp_path / "c.ckpt"
-    train_tiny(tmp_path, ckpt)
     with numpy.load(ckpt) as f:
         arrays = {k: f[k] for k in f.files}
     arrays["model/0.weight"] = numpy.full(arrays["model/0.weight"].shape, "w")

@@ -73,6 +73,7 @@ CIFAR_MD5 = {
 }
 
 CHUNK = 1 << 20
+MAX_INFLATED = 256 << 20  # the largest IDX file (MNIST's training images) is 47 MB
 
 
 def default_cache_dir():
@@ -147,10 +148,15 @@ def _md5(path, gunzip, url):
     """md5 of the file's content, gunzipped first when asked and it is gzip data."""
     with open(path, "rb") as f:
         is_gz = f.read(2) == idx.GZIP_MAGIC
-    h = hashlib.md5()
+    h, total = hashlib.md5(), 0
     try:
         with (gzip.open if gunzip and is_gz else open)(path, "rb") as f:
             for chunk in iter(lambda: f.read(CHUNK), b""):
+                total += len(chunk)
+                if gunzip and is_gz and total > MAX_INFLATED:  # a gzip bomb: stop inflating it
+                    raise DatasetError(f"{os.path.basename(url)}: inflates past {MAX_INFLATED >> 20} MB, more than "
+                                       f"any file of these datasets; not what {url} should serve; deleted it, "
+                                       f"nothing was saved")
                 h.update(chunk)
     except (OSError, EOFError, zlib.error) as e:
         raise DatasetError(f"{os.path.basename(url)}: corrupt gzip data from {url} ({e}); "

@@ -32,7 +32,7 @@ FILES = {
 
 
 def _open(path):
-    """(binary stream of the content, its size on disk, gzipped?), decided by the magic bytes."""
+    """(content stream, the file under it, its size on disk, gzipped?): gzip by the magic bytes."""
     f = open(path, "rb")
     gz = f.read(2) == GZIP_MAGIC
     f.seek(0)

@@ -50,12 +50,16 @@ def _images(path, key, x):
 
 def _check_finite(path, key, x, chunk=4096):
     """DatasetError naming the first image (and the count) with a NaN or infinite pixel."""
-    bad = numpy.concatenate([~numpy.isfinite(x[i:i + chunk]).reshape(len(x[i:i + chunk]), -1).all(axis=1)
-                             for i in range(0, len(x), chunk)] or [numpy.zeros(0, bool)])
-    if bad.any():
-        i = int(numpy.argmax(bad))
-        kind = "NaN" if numpy.isnan(x[i]).any() else "infinite"
-        raise DatasetError(f"{path}: {key} image {i} has a {kind} pixel ({int(bad.sum())} image(s) "
+    first, count = None, 0
+    for start in range(0, len(x), chunk):  # a chunk at a time: no full-size boolean copy
+        part = x[start:start + chunk]
+        bad = ~numpy.isfinite(part).reshape(len(part), -1).all(axis=1)
+        if bad.any():
+            first = start + int(numpy.argmax(bad)) if first is None else first
+            count += int(bad.sum())
+    if count:
+        kind = "NaN" if numpy.isnan(x[first]).any() else "infinite"
+        raise DatasetError(f"{path}: {key} image {first} has a {kind} pixel ({count} image(s) "
                            f"with NaN or infinite pixels in all); pixels must be finite numbers")
 
 

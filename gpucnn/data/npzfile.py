@@ -43,9 +43,10 @@ def check_fits_in_memory(nbytes, path, what, error):
                     f"machine's {ram / 2**30:,.1f} GiB of memory; refusing to load it")
 
 
-def read_npz(path, *, error, keys=None):
+def read_npz(path, *, error, keys=None, max_bytes=None):
     """{entry name without .npy: array} for the entries in `keys` (all if None) of the .npz at
-    `path`; any problem is `error(message)` (a GpucnnError subclass) naming the file."""
+    `path`; any problem is `error(message)` (a GpucnnError subclass) naming the file.
+    `max_bytes` caps what the entries may declare in all (default: the machine's memory)."""
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -58,7 +59,10 @@ def read_npz(path, *, error, keys=None):
             infos = {i.filename[:-4]: i for i in z.infolist() if i.filename.endswith(".npy")}
             wanted = {k: i for k, i in infos.items() if keys is None or k in keys}
             headers = {k: _header(z, k, info, path, error) for k, info in wanted.items()}
-            check_fits_in_memory(sum(h[3] for h in headers.values()), path, "its arrays", error)
+            declared = sum(h[3] for h in headers.values())
+            if max_bytes is not None and declared > max_bytes:
+                raise error(f"{path}: its entries declare {declared:,} bytes, more than the {max_bytes:,} expected")
+            check_fits_in_memory(declared, path, "its arrays", error)
             arrays = {}
             for k, info in wanted.items():
                 with z.open(info) as f:
