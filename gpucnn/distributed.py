@@ -320,8 +320,9 @@ def synchronise_start(comm, model, optimizer, config, data):
         return
     mine = _fingerprint(model, optimizer, config, data)
     everyone = comm.allgather_object(mine)
-    problems = [f"rank {r}: {key} is {theirs[key]!r}, rank 0 has {everyone[0][key]!r}"
-                for r, theirs in enumerate(everyone) for key in everyone[0] if theirs[key] != everyone[0][key]]
+    keys = sorted(set().union(*everyone))
+    problems = [f"rank {r}: {key} is {theirs.get(key)!r}, rank 0 has {everyone[0].get(key)!r}"
+                for r, theirs in enumerate(everyone) for key in keys if theirs.get(key) != everyone[0].get(key)]
     if problems:
         shown = "; ".join(problems[:4]) + (f"; ... ({len(problems) - 4} more)" if len(problems) > 4 else "")
         raise RanksDisagree(f"the ranks do not run the same training: {shown}")
@@ -334,15 +335,15 @@ def _fingerprint(model, optimizer, config, data):
     import gpucnn
     from gpucnn import backend
 
+    # data_dir may differ between machines; everything else must not
     return {
-        # data_dir may differ between machines; everything else must not
-        "config": {k: v for k, v in sorted(config.items()) if k != "data_dir"},
-        "model": [(key, tuple(a.shape), str(a.dtype)) for key, a in _named_arrays(model)],
-        "optimizer": (type(optimizer).__name__, sorted(optimizer.hyper.items())),
-        "data": (data.name, tuple(data.x_train.shape), str(data.x_train.dtype), tuple(data.x_test.shape),
+        **{f"--{k.replace('_', '-')}": v for k, v in sorted(config.items()) if k != "data_dir"},
+        "the model": [(key, tuple(a.shape), str(a.dtype)) for key, a in _named_arrays(model)],
+        "the optimiser": (type(optimizer).__name__, sorted(optimizer.hyper.items())),
+        "the dataset (name, shapes, label checksums, classes)": (data.name, tuple(data.x_train.shape), str(data.x_train.dtype), tuple(data.x_test.shape),
                  zlib.crc32(numpy.ascontiguousarray(data.y_train)), zlib.crc32(numpy.ascontiguousarray(data.y_test)),
                  [str(c) for c in data.classes]),
-        "gpucnn": (gpucnn.__version__, backend.name()),
+        "gpucnn's version and backend": (gpucnn.__version__, backend.name()),
     }
 
 

@@ -1,0 +1,33 @@
+"""`gpucnn train` as each rank of the distributed tests runs it, with two test-only twists
+from the environment (the code under test is unchanged):
+
+    GPUCNN_TEST_TINY_VGG=1        --model vgg_bn is the same net with widths (4, 8)
+    GPUCNN_TEST_FAIL=RANK,STEP    that rank raises RuntimeError at its STEP-th training step
+"""
+import functools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gpucnn import cli, models  # noqa: E402  (after the path is set)
+
+if os.environ.get("GPUCNN_TEST_TINY_VGG"):
+    models.MODELS["vgg_bn"] = functools.partial(models.vgg_bn, widths=(4, 8))
+
+if os.environ.get("GPUCNN_TEST_FAIL"):
+    from gpucnn import train
+
+    rank, at = map(int, os.environ["GPUCNN_TEST_FAIL"].split(","))
+    step = train.TrainStep.__call__
+    calls = [0]
+
+    def failing(self, x, y):
+        calls[0] += 1
+        if int(os.environ.get("PMI_RANK", "0")) == rank and calls[0] == at:
+            raise RuntimeError(f"injected failure at step {at}")
+        return step(self, x, y)
+
+    train.TrainStep.__call__ = failing
+
+sys.exit(cli.main(sys.argv[1:]))
