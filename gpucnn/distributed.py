@@ -148,14 +148,15 @@ class MPICommunicator(Single):
                 raise
             if isinstance(e, GpucnnError):
                 print(f"gpucnn: error on {self.description}: {e}", file=sys.stderr)
+                code = 2
             elif isinstance(e, KeyboardInterrupt):
                 print(f"gpucnn: interrupted on {self.description}; aborting the job", file=sys.stderr)
+                code = 130
             else:
                 print(f"gpucnn: {type(e).__name__} on {self.description}; aborting the job", file=sys.stderr)
                 traceback.print_exc()
-            code = 130 if isinstance(e, KeyboardInterrupt) else e.code if isinstance(e, SystemExit) else 2 \
-                if isinstance(e, GpucnnError) else 1
-            self.abort(code if isinstance(code, int) else 1)
+                code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1
+            self.abort(code)
 
 
 class NCCLCommunicator(MPICommunicator):
@@ -276,12 +277,13 @@ def launch(required=False, device=None, environ=os.environ):
                                    "mpirun -n 2 gpucnn train ... (or srun -n 2 ...)")
         return Single()
     comm = MPICommunicator(world, MPI)
-    if _cupy_wanted(environ):
-        _use_device(comm.local_rank, device)
-    from gpucnn import backend
+    with comm.guard():  # from here on, one rank's error must not leave the others waiting
+        if _cupy_wanted(environ):
+            _use_device(comm.local_rank, device)
+        from gpucnn import backend
 
-    if backend.name() == "cupy":
-        return NCCLCommunicator(world, MPI)
+        if backend.name() == "cupy":
+            return NCCLCommunicator(world, MPI)
     return comm
 
 
