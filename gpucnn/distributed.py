@@ -26,9 +26,10 @@ import sys
 import traceback
 import zlib
 
-import numpy
-
 from gpucnn.errors import GpucnnError
+
+# NumPy is imported where it is used, not here: launch() may still set the BLAS thread
+# count, which OpenBLAS reads once, when NumPy first loads.
 
 # What launchers put in each process's environment: (size variable, rank variable).
 # Checked in this order: an mpirun started inside a Slurm step sees both its own and
@@ -83,6 +84,8 @@ class Single:
 
     def sum_host(self, values):
         """A float64 NumPy array of `values` summed over ranks (metrics; never the hot path)."""
+        import numpy
+
         return numpy.array(values, dtype=numpy.float64)
 
     def allgather_object(self, obj):
@@ -120,6 +123,8 @@ class MPICommunicator(Single):
         return buf
 
     def sum_host(self, values):
+        import numpy
+
         a = numpy.array(values, dtype=numpy.float64)
         self.comm.Allreduce(self.mpi.IN_PLACE, a, op=self.mpi.SUM)
         return a
@@ -199,6 +204,8 @@ class NCCLCommunicator(MPICommunicator):
         super().abort(code)
 
     def _type(self, buf):
+        import numpy
+
         name = f"NCCL_{numpy.dtype(buf.dtype).name.upper()}"
         if not buf.flags.c_contiguous or not hasattr(self.nccl, name):
             raise TypeError(f"NCCL all-reduce needs a contiguous float/int array, got {buf.dtype} "
@@ -277,6 +284,7 @@ def launch(required=False, device=None, environ=os.environ):
                                    "mpirun -n 2 gpucnn train ... (or srun -n 2 ...)")
         return Single()
     comm = MPICommunicator(world, MPI)
+    _share_cores(comm.local_size, environ)
     with comm.guard():  # from here on, one rank's error must not leave the others waiting
         if _cupy_wanted(environ):
             _use_device(comm.local_rank, device)
@@ -285,6 +293,21 @@ def launch(required=False, device=None, environ=os.environ):
         if backend.name() == "cupy":
             return NCCLCommunicator(world, MPI)
     return comm
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _share_cores(ranks_here, environ):
+    """Ranks on one machine share its cores: unless the user set a BLAS thread count, give
+    each rank cores / ranks BLAS threads (torchrun sets 1). Left as it was, every rank's
+    OpenBLAS starts a thread per core, and the spinning threads of one rank take the cores
+    the others need: a 2-rank LeNet step on 2 cores took 10x longer."""
+    if any(v in environ for v in _THREAD_VARS) or "numpy" in sys.modules:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // ranks_here))
+    for v in _THREAD_VARS:
+        environ[v] = threads
 
 
 def _cupy_wanted(environ):
@@ -334,6 +357,8 @@ def synchronise_start(comm, model, optimizer, config, data):
 
 
 def _fingerprint(model, optimizer, config, data):
+    import numpy
+
     import gpucnn
     from gpucnn import backend
 
@@ -406,6 +431,8 @@ class GradientSync:
     LOSS, CORRECT, STOP = -3, -2, -1
 
     def __init__(self, comm, model, xp):
+        import numpy
+
         self.comm, self.xp = comm, xp
         self.params = model.parameters()
         groups = {}

@@ -7,6 +7,7 @@ from the environment (the code under test is unchanged):
 import functools
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,7 +26,7 @@ if os.environ.get("GPUCNN_TEST_FAIL"):
     def failing(self, x, y):
         calls[0] += 1
         if int(os.environ.get("PMI_RANK", "0")) == rank and calls[0] == at:
-            raise RuntimeError(f"injected failure at step {at}")
+            raise RuntimeError(f"injected failure at step {at}, time {time.time():.3f}")
         return step(self, x, y)
 
     train.TrainStep.__call__ = failing
