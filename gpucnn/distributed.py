@@ -298,12 +298,14 @@ def launch(required=False, device=None, environ=os.environ):
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def _share_cores(ranks_here, environ):
+def _share_cores(ranks_here, environ, numpy_loaded=None):
     """Ranks on one machine share its cores: unless the user set a BLAS thread count, give
     each rank cores / ranks BLAS threads (torchrun sets 1). Left as it was, every rank's
     OpenBLAS starts a thread per core, and the spinning threads of one rank take the cores
     the others need: a 2-rank LeNet step on 2 cores took 10x longer."""
-    if any(v in environ for v in _THREAD_VARS) or "numpy" in sys.modules:
+    if numpy_loaded is None:
+        numpy_loaded = "numpy" in sys.modules
+    if any(v in environ for v in _THREAD_VARS) or numpy_loaded:
         return
     threads = str(max(1, (os.cpu_count() or 1) // ranks_here))
     for v in _THREAD_VARS:

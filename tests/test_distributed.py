@@ -108,6 +108,20 @@ def test_launcher_sizes_from_the_environment():
     assert launcher_size({"PMIX_RANK": "0"}) == (0, "PMIX_RANK")
 
 
+def test_ranks_on_one_machine_share_its_cores():
+    from gpucnn.distributed import _share_cores
+
+    env = {}
+    _share_cores(2, env, numpy_loaded=False)
+    assert env["OMP_NUM_THREADS"] == env["OPENBLAS_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    mine = {"OMP_NUM_THREADS": "3"}
+    _share_cores(2, mine, numpy_loaded=False)
+    assert mine == {"OMP_NUM_THREADS": "3"}  # the user's choice stands
+    late = {}
+    _share_cores(2, late, numpy_loaded=True)  # too late to matter: set nothing
+    assert late == {}
+
+
 def test_shares_cover_a_batch_once_in_order():
     from gpucnn.data.batches import iterate, share
 
