@@ -2,6 +2,7 @@
 same command at 1, 2 and 3 ranks trains the same model. Every mpirun runs under a timeout,
 so a hang fails the test instead of the CI job."""
 import functools
+import importlib.util
 import os
 import signal
 import subprocess
@@ -19,8 +20,10 @@ WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
 MPIRUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
 TIMEOUT = 120  # seconds for one mpirun on a loaded 2-core machine; a hang ends here
 
-pytest.importorskip("mpi4py")
-needs_mpirun = pytest.mark.skipif(not os.path.exists(MPIRUN), reason=f"no mpirun beside {sys.executable}")
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed (pip install '.[test]')")
+needs_mpirun = pytest.mark.skipif(not (HAVE_MPI4PY and os.path.exists(MPIRUN)),
+                                  reason=f"needs mpi4py and an mpirun beside {sys.executable}")
 needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST), reason=f"MNIST not found at {MNIST}")
 
 # SGD with momentum, constant rate: 31 steps an epoch (610 = 30 * 20 + 10: an uneven last batch)
@@ -143,6 +146,7 @@ def test_shares_cover_a_batch_once_in_order():
         numpy.testing.assert_array_equal(numpy.concatenate([p[k][1] for p in parts]), yb)
 
 
+@needs_mpi4py
 def test_launcher_and_mpi4py_disagree_is_a_clear_error(tmp_path):
     # every process would say "rank 0 of 1" while the launcher's variables say 4
     r = subprocess.run([sys.executable, "-m", "gpucnn", "train", "--no-save", "--epochs", "1"], capture_output=True,
@@ -152,6 +156,7 @@ def test_launcher_and_mpi4py_disagree_is_a_clear_error(tmp_path):
     assert "started 4 ranks" in r.stderr and "mpi4py" in r.stderr and "sees 1" in r.stderr
 
 
+@needs_mpi4py
 def test_distributed_flag_without_a_launcher_is_an_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "gpucnn", "train", "--distributed", "--no-save"], capture_output=True,
                        text=True, timeout=60, env=_env(), cwd=tmp_path)
