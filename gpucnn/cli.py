@@ -165,7 +165,7 @@ def _train(args, comm):
 
     config, start, ckpt = _config(args)
     config["graph"] = bool(args.graph)
-    config["sync_bn"] = bool(args.sync_bn)
+    config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     for flag in ("epochs", "batch_size"):
         if config[flag] < 1:
             raise GpucnnError(f"--{flag.replace('_', '-')} must be at least 1, got {config[flag]}")
