@@ -3,6 +3,7 @@ from the environment (the code under test is unchanged):
 
     GPUCNN_TEST_TINY_VGG=1        --model vgg_bn is the same net with widths (4, 8)
     GPUCNN_TEST_FAIL=RANK,STEP    that rank raises RuntimeError at its STEP-th training step
+    GPUCNN_TEST_PIDS=DIR          each rank writes its process id to DIR/rank<r>.pid
 """
 import functools
 import os
@@ -30,5 +31,9 @@ if os.environ.get("GPUCNN_TEST_FAIL"):
         return step(self, x, y)
 
     train.TrainStep.__call__ = failing
+
+if os.environ.get("GPUCNN_TEST_PIDS"):
+    with open(os.path.join(os.environ["GPUCNN_TEST_PIDS"], f"rank{os.environ.get('PMI_RANK', '0')}.pid"), "w") as f:
+        f.write(str(os.getpid()))
 
 sys.exit(cli.main(sys.argv[1:]))

@@ -399,6 +399,30 @@ def test_sigint_to_mpirun_saves_one_checkpoint_and_every_rank_exits(tmp_path, mn
 
 @needs_mpirun
 @needs_mnist
+def test_sigint_to_one_rank_stops_every_rank_after_the_same_step(tmp_path, mnist_npz):
+    ckpt, pids = tmp_path / "run.ckpt", tmp_path / "pids"
+    pids.mkdir()
+    cmd = [MPIRUN, "-n", "2", sys.executable, WORKER, "train", *RUN, "--model", "lenet", "--dataset", mnist_npz,
+           "--epochs", "200", "--save", str(ckpt)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=_env(GPUCNN_TEST_PIDS=str(pids)))
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not ckpt.exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        assert ckpt.exists(), "no epoch finished"
+        os.kill(int((pids / "rank1.pid").read_text()), signal.SIGINT)  # rank 1 alone sees Ctrl-C
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert out.count("interrupted at epoch") == 1 and "checkpoint saved to" in out, out + err
+    assert p.returncode == 130 and "Traceback" not in err, (p.returncode, err)
+
+
+@needs_mpirun
+@needs_mnist
 def test_ranks_launched_with_different_runs_are_told_not_hung(tmp_path, mnist_npz):
     common = [sys.executable, WORKER, "train", *RUN, "--model", "lenet", "--dataset", mnist_npz, "--no-save"]
     r = subprocess.run([MPIRUN, "-n", "1", *common, "--seed", "0", ":", "-n", "1", *common, "--seed", "1"],
