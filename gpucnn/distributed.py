@@ -291,7 +291,9 @@ def launch(required=False, device=None, environ=os.environ):
         from gpucnn import backend
 
         if backend.name() == "cupy":
-            return NCCLCommunicator(world, MPI)
+            nccl = nccl_module()
+            check_gpu_sharing(comm.allgather_object(_where_am_i(MPI)), nccl.get_version(), environ)
+            return NCCLCommunicator(world, MPI, nccl)
     return comm
 
 
@@ -332,6 +334,29 @@ def _use_device(local_rank, device):
     if not 0 <= chosen < count:
         raise DistributedError(f"--device {chosen}: this process sees {count} CUDA device(s), 0..{count - 1}")
     cupy.cuda.runtime.setDevice(chosen)
+
+
+def _where_am_i(mpi):
+    import cupy
+
+    return mpi.Get_processor_name(), cupy.cuda.Device().pci_bus_id
+
+
+def check_gpu_sharing(places, nccl_version, environ=os.environ):
+    """`places`: every rank's (host, PCI bus id). Ranks sharing a GPU are refused before NCCL
+    would fail on them, unless NCCL allows it (2.30 and later, NCCL_MULTI_RANK_GPU_ENABLE=1).
+    The same gathered list on every rank, so every rank raises the same error."""
+    ranks = {}
+    for rank, place in enumerate(places):
+        ranks.setdefault(tuple(place), []).append(rank)
+    shared = [(place, rs) for place, rs in ranks.items() if len(rs) > 1]
+    if not shared or (nccl_version >= 23000 and environ.get("NCCL_MULTI_RANK_GPU_ENABLE") == "1"):
+        return
+    (host, bus), rs = shared[0]
+    allow = ("set NCCL_MULTI_RANK_GPU_ENABLE=1 to let NCCL share it" if nccl_version >= 23000 else
+             f"NCCL {nccl_version} cannot share one (2.30 and later can, with NCCL_MULTI_RANK_GPU_ENABLE=1)")
+    raise RanksDisagree(f"ranks {', '.join(map(str, rs))} all use the GPU at {bus} on {host}: start one rank per "
+                        f"GPU (or choose with --device), or {allow}")
 
 
 # --- the three points the training loop calls ------------------------------------------

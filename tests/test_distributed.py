@@ -283,6 +283,19 @@ def test_nccl_communicator_calls_nccl_in_place_on_the_current_stream():
     assert nccl.calls[-1] == ("init", 2, None, 1) and other.comm.bcasts == [None]
 
 
+def test_ranks_sharing_a_gpu_are_refused_unless_nccl_allows_it():
+    from gpucnn.distributed import RanksDisagree, check_gpu_sharing
+
+    apart = [("node1", "0000:01:00.0"), ("node1", "0000:02:00.0"), ("node2", "0000:01:00.0")]
+    check_gpu_sharing(apart, 22800, {})  # same bus id on another machine is another GPU
+    shared = apart + [("node1", "0000:02:00.0")]
+    with pytest.raises(RanksDisagree, match=r"ranks 1, 3 all use the GPU at 0000:02:00.0 on node1.*NCCL 22800"):
+        check_gpu_sharing(shared, 22800, {"NCCL_MULTI_RANK_GPU_ENABLE": "1"})
+    with pytest.raises(RanksDisagree, match="set NCCL_MULTI_RANK_GPU_ENABLE=1"):
+        check_gpu_sharing(shared, 23007, {})
+    check_gpu_sharing(shared, 23007, {"NCCL_MULTI_RANK_GPU_ENABLE": "1"})
+
+
 # --- under mpirun -----------------------------------------------------------------------
 @needs_mpirun
 @needs_mnist
