@@ -374,6 +374,22 @@ def test_resume_at_another_number_of_ranks(tmp_path, mnist_npz):
 
 @needs_mpirun
 @needs_mnist
+def test_stopped_mid_epoch_at_two_ranks_resumed_at_three(tmp_path, mnist_npz):
+    """Ctrl-C on rank 1 during its 40th step (epoch 2, step 9; the step's stop flag was
+    already set, so the next one carries it): all stop after step 10, one checkpoint; three
+    ranks finish the run from there as one process would have."""
+    args = [*RUN, "--model", "lenet", "--dataset", mnist_npz, "--epochs", "3"]
+    single(*args, "--save", str(tmp_path / "straight.ckpt"))
+    r = mpirun(2, *args, "--save", str(tmp_path / "split.ckpt"), env={"GPUCNN_TEST_SIGINT": "1,40"})
+    assert r.returncode == 130 and "interrupted at epoch 2, step 10" in r.stdout, r.stdout + r.stderr
+    meta = load_checkpoint(tmp_path / "split.ckpt")["meta"]
+    assert (meta["epoch"], meta["step"]) == (1, 10)
+    ok(mpirun(3, "--no-progress", "--resume", str(tmp_path / "split.ckpt"), "--save", str(tmp_path / "split.ckpt")))
+    assert max_diff(tmp_path / "straight.ckpt", tmp_path / "split.ckpt") < TOL
+
+
+@needs_mpirun
+@needs_mnist
 def test_a_rank_that_raises_ends_the_job_within_seconds(tmp_path, mnist_npz):
     r = mpirun(2, *RUN, "--model", "lenet", "--dataset", mnist_npz, "--epochs", "50", "--no-save",
                env={"GPUCNN_TEST_FAIL": "1,5"}, timeout=60)
