@@ -19,6 +19,12 @@ contiguous shares by gpucnn.data.batches.share (the first n % size ranks take on
 so a rank's share of the last batch may be empty; it still joins every collective. Each rank
 scales its loss gradient by share / global batch, so the summed gradient is exactly the
 gradient of the global batch's mean loss, whatever the split.
+
+On the GPU, every collective of a step (the gradients' ncclAllReduce, and --sync-bn's) is
+issued on the current stream, which in a graphed step is the capture stream: the graph holds
+it between backward's kernels and the optimiser's, ordered by the stream, with no host sync.
+NCCL allows capture (2.9 and later); a shape's first step runs eagerly (gpucnn.graph), so
+NCCL sets its connections up outside any capture. Not yet run on a GPU (see the README).
 """
 import contextlib
 import os
