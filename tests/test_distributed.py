@@ -4,6 +4,7 @@ so a hang fails the test instead of the CI job."""
 import functools
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,13 +18,16 @@ from gpucnn.checkpoint import load_checkpoint
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
 WORKER = os.path.join(ROOT, "tests", "distributed_worker.py")
+# the `mpich` wheel's, in the environment's bin/; else the one on PATH
 MPIRUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
+if not os.path.exists(MPIRUN):
+    MPIRUN = shutil.which("mpirun") or MPIRUN
 TIMEOUT = 120  # seconds for one mpirun on a loaded 2-core machine; a hang ends here
 
 HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 needs_mpi4py = pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed (pip install '.[test]')")
 needs_mpirun = pytest.mark.skipif(not (HAVE_MPI4PY and os.path.exists(MPIRUN)),
-                                  reason=f"needs mpi4py and an mpirun beside {sys.executable}")
+                                  reason=f"needs mpi4py and mpirun (beside {sys.executable} or on PATH)")
 needs_mnist = pytest.mark.skipif(not os.path.isdir(MNIST), reason=f"MNIST not found at {MNIST}")
 
 # SGD with momentum, constant rate: 31 steps an epoch (610 = 30 * 20 + 10: an uneven last batch)

@@ -3,6 +3,7 @@ captured CUDA graph; two ranks sharing one GPU where the installed NCCL allows i
 Skipped without CuPy and a CUDA device."""
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 
@@ -16,7 +17,10 @@ from gpucnn.train import make_step
 pytestmark = pytest.mark.gpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the `mpich` wheel's, in the environment's bin/; else the one on PATH
 MPIRUN = os.path.join(os.path.dirname(sys.executable), "mpirun")
+if not os.path.exists(MPIRUN):
+    MPIRUN = shutil.which("mpirun") or MPIRUN
 
 
 @pytest.fixture
@@ -75,7 +79,7 @@ def test_one_rank_nccl_equals_numpy(on_cupy, use_graph):
 
 def test_two_ranks_on_one_gpu_equal_one_process(on_cupy, tmp_path):
     if not os.path.exists(MPIRUN):
-        pytest.skip(f"no mpirun beside {sys.executable}")
+        pytest.skip(f"no mpirun beside {sys.executable} or on PATH")
     version = _nccl_version()
     if version < 23000:
         pytest.skip(f"NCCL {version} refuses two ranks on one GPU (NCCL_MULTI_RANK_GPU_ENABLE needs NCCL >= 2.30)")
