@@ -28,7 +28,8 @@ def _train_parser(sub):
                    help="fetch missing mnist/fashion-mnist/cifar10 files into --data-dir (or the cache) and verify their checksums")
     p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
     p.add_argument("--epochs", type=int, help="number of epochs (default: 30 for digits, 10 otherwise)")
-    p.add_argument("--batch-size", type=int, help=f"batch size (default: {d['batch_size']})")
+    p.add_argument("--batch-size", type=int, help=f"batch size of the whole job: under mpirun each rank takes its share, "
+                   f"so any number of ranks trains the same run (default: {d['batch_size']})")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=f"optimiser (default: {d['optimizer']})")
     p.add_argument("--lr", type=float, help=f"base learning rate (default: {d['lr']})")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum']})")
@@ -59,7 +60,20 @@ def _train_parser(sub):
                         "object (with epoch, train_loss, train_acc, test_loss, test_acc); its directory is created "
                         "if missing (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
+    _distributed_flags(p)
     p.set_defaults(func=cmd_train)
+
+
+def _distributed_flags(p):
+    g = p.add_argument_group("many processes (mpirun -n N gpucnn train ..., srun ...)")
+    g.add_argument("--distributed", action="store_true",
+                   help="require a data-parallel launch: an error unless started by an MPI launcher with more than one "
+                        "rank (without it, such a launch is detected by itself)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="BatchNorm statistics over the global batch, summed over ranks in forward and backward "
+                        "(default: per rank, as PyTorch DDP)")
+    g.add_argument("--device", type=int, metavar="N",
+                   help="CUDA device of this process (default: the node-local rank modulo the visible devices)")
 
 
 def _backend_flags(p):
@@ -181,7 +195,18 @@ def _config(args):
 
 
 def cmd_train(args):
-    from gpucnn import backend, init, models, validate
+    from gpucnn import distributed
+
+    # Before the backend starts: on a GPU, each rank creates its context on its own device.
+    comm = distributed.launch(required=args.distributed, device=args.device)
+    if comm.rank:
+        sys.stdout = open(os.devnull, "w")  # one rank speaks; every rank's errors still reach stderr
+    with comm.guard():
+        return _train(args, comm)
+
+
+def _train(args, comm):
+    from gpucnn import backend, distributed, init, models, validate
     from gpucnn.checkpoint import CheckpointError, check_model_state
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
@@ -192,6 +217,7 @@ def cmd_train(args):
         raise GpucnnError("--init-from starts a new run; --resume continues one: give one of them")
     config, start, ckpt = _config(args)
     config["graph"] = bool(args.graph)
+    config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
     save, metrics_out = validate.check_train_outputs(args, config)
     done = validate.finished(start, config, args.stop_after, args.resume)
@@ -226,12 +252,17 @@ def cmd_train(args):
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # a damaged state has any shape
             raise CheckpointError(f"{args.resume}: its weights or optimiser state do not fit this run: {e}") from None
         print(f"resuming {args.resume} at epoch {start['epoch'] + 1}, step {start['step']}")
+    distributed.synchronise_start(comm, model, optimizer, config, data)
+    if config["sync_bn"]:
+        distributed.use_sync_bn(model, comm)
     print(f"gpucnn: {config['model']} ({model.num_parameters():,} parameters) on {data.name} "
           f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
-          f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else ""))
+          f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else "")
+          + (f", {comm.size} ranks (global batch {config['batch_size']})" if comm.size > 1 else ""))
     try:
         fit(model, optimizer, schedule, data, config, start=start, save_path=save,
-            metrics_path=metrics_out, progress=not args.no_progress, stop_after=args.stop_after)
+            metrics_path=metrics_out, progress=not args.no_progress and comm.rank == 0,
+            stop_after=args.stop_after, comm=comm)
     except TrainingStopped as e:
         print(f"gpucnn: {e}", file=sys.stderr)
         return 1

@@ -14,9 +14,9 @@ import time
 import numpy
 from tqdm import tqdm
 
-from gpucnn import backend, metrics
+from gpucnn import backend, distributed, metrics
 from gpucnn.checkpoint import save_checkpoint
-from gpucnn.data.batches import iterate, num_batches
+from gpucnn.data.batches import iterate, num_batches, share
 from gpucnn.layers import SoftmaxCrossEntropy
 
 
@@ -30,8 +30,8 @@ class TrainStep:
     Returns (mean loss, number correct) as device scalars, so a CUDA graph can capture it.
     """
 
-    def __init__(self, model, optimizer):
-        self.model, self.optimizer = model, optimizer
+    def __init__(self, model, optimizer, sync=None):
+        self.model, self.optimizer, self.sync = model, optimizer, sync
         self.loss = SoftmaxCrossEntropy(dtype=_dtype(model))
 
     def __call__(self, x, y):
@@ -40,7 +40,11 @@ class TrainStep:
         # validated every label, so the hot path skips it.
         loss = self.loss.forward(logits, y, check=False)
         correct = (logits.argmax(axis=1) == y).sum()
-        self.model.backward(self.loss.backward(), input_grad=False)
+        if self.sync is None:
+            self.model.backward(self.loss.backward(), input_grad=False)
+        else:  # data-parallel: this rank's part of the global batch's mean loss, summed over ranks
+            self.model.backward(self.loss.backward(self.sync.grad_scale), input_grad=False)
+            loss, correct = self.sync(loss, correct, len(y))
         self.optimizer.step()
         return loss, correct
 
@@ -56,8 +60,8 @@ def _dtype(model):
     return next((p.value.dtype for p in model.parameters()), None)
 
 
-def make_step(model, optimizer, use_graph):
-    step = TrainStep(model, optimizer)
+def make_step(model, optimizer, use_graph, sync=None):
+    step = TrainStep(model, optimizer, sync)
     if use_graph and backend.name() == "cupy":
         from gpucnn.graph import GraphedStep
 
@@ -65,13 +69,17 @@ def make_step(model, optimizer, use_graph):
     return step
 
 
-def evaluate(model, x, y, mean, std, batch_size=1000, classes=None):
-    """Mean loss, accuracy and per-class accuracy of `model` in eval mode."""
+def evaluate(model, x, y, mean, std, batch_size=1000, classes=None, comm=None):
+    """Mean loss, accuracy and per-class accuracy of `model` in eval mode; with a
+    communicator of several ranks, each evaluates its share of the set, once."""
     xp = backend.xp
+    n_total, n_classes = len(y), classes or int(y.max()) + 1
+    if comm is not None and comm.size > 1:
+        lo, hi = share(n_total, comm.rank, comm.size)
+        x, y = x[lo:hi], y[lo:hi]
     was_training = model.training
     model.eval()
     loss_fn = SoftmaxCrossEntropy(dtype=_dtype(model))
-    n_classes = classes or int(y.max()) + 1
     total_loss = xp.zeros((), dtype=xp.float64)
     hits = xp.zeros(n_classes, dtype=xp.int64)
     counts = xp.zeros(n_classes, dtype=xp.int64)
@@ -82,13 +90,18 @@ def evaluate(model, x, y, mean, std, batch_size=1000, classes=None):
         counts += xp.bincount(yb, minlength=n_classes)
     model.train(was_training)
     hits, counts = backend.to_numpy(hits), backend.to_numpy(counts)
+    if comm is not None and comm.size > 1:
+        summed = comm.sum_host([float(total_loss), *hits, *counts])
+        total_loss, hits, counts = summed[0], summed[1:1 + n_classes], summed[1 + n_classes:]
     per_class = [float(h / c) if c else float("nan") for h, c in zip(hits, counts)]
-    return float(total_loss) / len(y), float(hits.sum() / counts.sum()), per_class
+    return float(total_loss) / n_total, float(hits.sum() / counts.sum()), per_class
 
 
 class _StopRequested(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) seen and the current step finished: the state is whole and can be
     saved. `signum` says which signal, so the command exits 128 + signum like the shell does."""
+
+    collective = True  # data-parallel: every rank stops after the same step
 
     def __init__(self, signum=signal.SIGINT):
         super().__init__()
@@ -130,22 +143,30 @@ class _Interrupt:
 
 
 def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None, metrics_path=None,
-        log=print, progress=True, stop_after=None):
+        log=print, progress=True, stop_after=None, comm=None):
     """Train for config['epochs'] epochs; return the list of per-epoch metric dicts.
 
     `start` (from a checkpoint) holds epoch, step (batches done in that epoch) and the
     running sums of the unfinished epoch. `stop_after` ends the run after that epoch
     while the schedule still spans config['epochs'].
+
+    `comm` (gpucnn.distributed) of several ranks: data-parallel. Each rank steps on its
+    share of every global batch; only rank 0 writes the checkpoint and metrics.
     """
     epochs = config["epochs"]
     steps_per_epoch = num_batches(len(data.y_train), config["batch_size"], drop_last=False)
     start = start or {"epoch": 0, "step": 0, **_ZERO_SUMS}
-    step_fn = make_step(model, optimizer, config.get("graph", True))
+    comm = comm or distributed.Single()
+    sync = distributed.GradientSync(comm, model, backend.xp) if comm.size > 1 else None
+    step_fn = make_step(model, optimizer, config.get("graph", True), sync)
     history = []
     model.train()
 
     def checkpoint(epoch, step, sums):
         if save_path is None:
+            return
+        if comm.rank:
+            comm.barrier()  # rank 0 writes; the others wait until the file is whole
             return
         meta = {"config": config, "epoch": epoch, "step": step, **sums, "global_step": epoch * steps_per_epoch + step,
                 # what eval checks a dataset against before building the net
@@ -153,8 +174,9 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 # eval must normalise new data exactly as training did
                 "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
                 # predict and export rebuild the net and label its outputs without the dataset
-                "input_shape": [int(v) for v in data.x_train.shape[1:]], "classes": [str(c) for c in data.classes]}
+                "classes": [str(c) for c in data.classes]}
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
+        comm.barrier()
 
     stream = getattr(step_fn, "stream", None)
     # A diverging run overflows inside NumPy; the loss check reports it in words.
@@ -164,20 +186,24 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
             resumed = epoch == start["epoch"]
             first = start["step"] if resumed else 0
             sums = {k: start[k] for k in _ZERO_SUMS} if resumed else dict(_ZERO_SUMS)
-            epoch_run = _Epoch(step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress)
+            epoch_run = _Epoch(step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync)
             batches = iterate(data.x_train, data.y_train, config["batch_size"], shuffle=True, seed=config["seed"],
                               epoch=epoch, mean=data.mean, std=data.std, augment=config.get("augment", False),
-                              skip=first)
+                              skip=first, shard=(comm.rank, comm.size) if sync else None)
+            if sync:
+                batches = sync.announce(batches, len(data.y_train), config["batch_size"], first, interrupt)
             try:
                 sums = epoch_run.run(batches, first, interrupt, save_path)
             except _StopRequested:  # after a whole step; a second Ctrl-C stops without saving
                 step, sums = epoch_run.position()
+                distributed.average_buffers(comm, model)
                 checkpoint(epoch, step, sums)
                 log(f"interrupted at epoch {epoch + 1}, step {step}"
                     + (f"; checkpoint saved to {save_path} (continue with --resume {save_path})" if save_path else ""))
                 raise
+            distributed.average_buffers(comm, model)  # one model is evaluated and saved
             test_loss, test_acc, _ = evaluate(model, data.x_test, data.y_test, data.mean, data.std,
-                                              classes=len(data.classes))
+                                              classes=len(data.classes), comm=comm)
             row = {
                 "epoch": epoch + 1, "train_loss": sums["loss_sum"] / sums["seen"],
                 "train_acc": sums["correct"] / sums["seen"], "test_loss": test_loss, "test_acc": test_acc,
@@ -189,7 +215,7 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 f"{row['train_acc']:.4f} - test_loss {test_loss:.4f} - test_acc {test_acc:.4f} - "
                 f"{row['images_per_s']:,.0f} img/s")
             checkpoint(epoch + 1, 0, dict(_ZERO_SUMS))  # first: a failing metrics write must not cost it
-            if metrics_path:
+            if metrics_path and comm.rank == 0:
                 metrics.append(metrics_path, row)
     return history
 
@@ -201,9 +227,9 @@ _ZERO_SUMS = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
 class _Epoch:
     """One epoch's steps: progress bar, running sums kept on the device, NaN check, Ctrl-C."""
 
-    def __init__(self, step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress):
+    def __init__(self, step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync=None):
         xp = backend.xp
-        self.step_fn, self.optimizer, self.schedule = step_fn, optimizer, schedule
+        self.step_fn, self.optimizer, self.schedule, self.sync = step_fn, optimizer, schedule, sync
         self.epoch, self.steps = epoch, steps_per_epoch
         self.on_gpu = xp is backend.cupy_module()
         self.refresh = max(1, config.get("refresh_every", 20))
@@ -229,17 +255,22 @@ class _Epoch:
                 self.optimizer.lr = self.schedule(self.epoch * self.steps + step)
                 loss, right = self.step_fn(xb, yb)
                 # Accumulate right away: graph outputs are overwritten by the next replay.
-                self.loss_sum += loss * len(yb)
+                count = len(yb) if self.sync is None else self.sync.global_count(yb)
+                self.loss_sum += loss * count
                 self.correct += right
-                self.seen += len(yb)
+                self.seen += count
                 self.done = step + 1
                 last = self.done == self.steps
-                if not self.on_gpu or self.done % self.refresh == 0 or last or interrupt.requested:
+                # Data-parallel, a rank's own Ctrl-C must not change which steps read back:
+                # every rank reads the job's stop flag after the same steps.
+                checked = not self.on_gpu or self.done % self.refresh == 0 or last
+                if checked or (interrupt.requested and self.sync is None):
                     self._check(float(loss), save_path)  # on the GPU, the only read-back
                 if self.done % self.refresh == 0 or last:
                     self._show()
                 self.bar.update(1)
-                if interrupt.requested and not last:
+                stop = interrupt.requested if self.sync is None else checked and self.sync.stop_seen()
+                if stop and not last:
                     raise _StopRequested(interrupt.signum)
             backend.synchronize()
         finally:

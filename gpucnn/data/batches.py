@@ -28,6 +28,14 @@ def num_batches(n, batch_size, drop_last=False):
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
+def share(n, rank, size):
+    """The [start, stop) of `rank`'s share of n samples among `size` ranks: contiguous,
+    sizes differ by at most one, the first n % size ranks take the larger (array_split's rule)."""
+    base, extra = divmod(n, size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (rank < extra)
+
+
 @dataclass
 class EpochPlan:
     """All of an epoch's randomness, indexed by position in the epoch (not by image)."""
@@ -68,13 +76,15 @@ def crop_flip(xb, shifts, flips, pad=PAD):
 
 
 def iterate(x, y, batch_size, *, shuffle, seed, epoch, mean, std, augment=False,
-            drop_last=False, skip=0):
+            drop_last=False, skip=0, shard=None):
     """Yield (xb float32 (B, C, H, W), yb int64 (B,)) on backend.xp for one epoch.
 
     x, y: host (NumPy) arrays, images NCHW uint8 or float. mean, std: per channel (C,)
     or scalars, in the scaled-pixel units of stats.py. augment: random crop with PAD
     zero padding plus random horizontal flip (meant for CIFAR-10). skip: leave out the
-    first batches without transferring them (resuming mid-epoch).
+    first batches without transferring them (resuming mid-epoch). shard=(rank, size): yield
+    only that rank's `share` of each batch (data-parallel; it may be empty), with the
+    same order and augmentation draws as the whole batch.
     """
     n = len(x)
     if len(y) != n:
@@ -90,6 +100,9 @@ def iterate(x, y, batch_size, *, shuffle, seed, epoch, mean, std, augment=False,
     add = backend.to_device((-mean / std).reshape(1, -1, 1, 1), numpy.float32)
     for k in range(skip, total):
         pos = slice(k * batch_size, min((k + 1) * batch_size, n))
+        if shard is not None:
+            lo, hi = share(pos.stop - pos.start, *shard)
+            pos = slice(pos.start + lo, pos.start + hi)
         idx = plan.order[pos]
         xb = backend.to_device(x[idx])  # stored dtype: uint8 crosses the bus at 1 byte/pixel
         yb = backend.to_device(y[idx], numpy.int64)

@@ -15,6 +15,12 @@ Backward (training), with both statistics depending on x:
     dx = gamma * invstd / M * (M * dy - dbeta - xhat * dgamma)
 
 In eval the statistics are constants, so dx = gamma * invstd * dy.
+
+Synchronised (data-parallel --sync-bn): set `reduce` to an in-place sum over ranks. Then
+M, sum(x) and sum(x^2) (float64) are summed over the ranks before mean_c and var_c, and
+dbeta, dgamma before dx, so every rank normalises with the global batch's statistics and
+gets dx as one process would. The layer's own grads stay this rank's part of the sums
+(the trainer sums gradients over ranks afterwards).
 """
 import functools
 
@@ -39,6 +45,7 @@ class BatchNorm2d(Layer):
         self.num_features = int(num_features)
         self.eps = float(eps)
         self.momentum = float(momentum)
+        self.reduce = None  # sync-BN: an in-place sum over ranks (see the module docstring)
         c = self.num_features
         self.params = {
             "weight": backend.to_device(numpy.ones(c), dtype=self.dtype),
@@ -74,20 +81,27 @@ class BatchNorm2d(Layer):
         n, c, h, w = x.shape
         m = n * h * w
         gamma, beta = self.params["weight"], self.params["bias"]
-        if self.training:
+        if self.training and self.reduce is not None:
+            mean, var, m = _global_stats(x, self.reduce)  # m: the global count, on the device
+            centred = None
+        elif self.training and m == 0:  # an empty data-parallel share: nothing to learn from
+            mean, var, centred = xp.zeros_like(gamma), xp.ones_like(gamma), None
+        elif self.training:
             if m == 1:
                 raise ValueError(
                     f"BatchNorm2d: expected more than 1 value per channel when training, got input of "
                     f"shape {tuple(x.shape)}"
                 )
             mean, var, centred = _batch_stats(x)
+        if self.training and (self.reduce is not None or m):
+            self._count = m
             mom = self.momentum
             # In place, without reading values back to the host (CUDA-graph safe).
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm[...] = (1 - mom) * rm + mom * mean
             rv[...] = (1 - mom) * rv + (mom * m / (m - 1)) * var
             self.buffers["num_batches_tracked"] += 1
-        else:
+        elif not self.training:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
             centred = None
         invstd = 1 / xp.sqrt(var + self.eps)
@@ -112,9 +126,17 @@ class BatchNorm2d(Layer):
         gamma = self.params["weight"]
         n, c, h, w = dy.shape
         m = n * h * w
-        if backend.is_cupy_array(dy):
+        on_gpu = backend.is_cupy_array(dy)
+        if on_gpu:
             dy = backend.cupy_module().ascontiguousarray(dy)
             sum_dy, sum_dy_xhat = _channel_sums_cuda(dy, x, mean, invstd)
+        else:
+            sum_dy = dy.sum(axis=_AXES)
+            sum_dy_xhat = _channel_dot(dy, xhat)
+        self.grads = {"weight": sum_dy_xhat, "bias": sum_dy}
+        if training and self.reduce is not None:  # dx needs the global sums (over M values)
+            sum_dy, sum_dy_xhat, m = _global_means(sum_dy, sum_dy_xhat, self._count, self.reduce)
+        if on_gpu:
             ew, index = _elementwise_for(dy)
             if training:
                 dx = ew.dx_train(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, index(h * w), index(c),
@@ -122,15 +144,41 @@ class BatchNorm2d(Layer):
             else:
                 dx = ew.dx_eval(dy, invstd, gamma, index(h * w), index(c))
         else:
-            sum_dy = dy.sum(axis=_AXES)
-            sum_dy_xhat = _channel_dot(dy, xhat)
             scale = gamma * invstd
             dx = dy * scale[:, None, None]
             if training:  # dx = scale * dy - (scale / M) * (sum_dy + xhat * sum_dy_xhat)
                 dx -= xhat * (scale * sum_dy_xhat / m)[:, None, None]
                 dx -= (scale * sum_dy / m)[:, None, None]
-        self.grads = {"weight": sum_dy_xhat, "bias": sum_dy}
         return dx
+
+
+def _global_stats(x, reduce):
+    """Per-channel mean and biased variance of the global batch, and its count M (a 0-d
+    float64 device array): sum(x), sum(x^2) and M in float64, summed over ranks by `reduce`.
+    One collective; in float64 the E[x^2] - E[x]^2 of float32 data loses nothing it keeps."""
+    xp = backend.get_array_module(x)
+    n, c, h, w = x.shape
+    sums = xp.empty(2 * c + 1, dtype=xp.float64)
+    sums[:c] = x.sum(axis=_AXES, dtype=xp.float64)
+    sums[c:2 * c] = xp.square(x).sum(axis=_AXES, dtype=xp.float64)
+    sums[2 * c] = n * h * w
+    reduce(sums)
+    m = sums[2 * c]
+    mean = sums[:c] / m
+    var = xp.maximum(sums[c:2 * c] / m - mean * mean, 0.0)
+    return mean.astype(x.dtype), var.astype(x.dtype), m
+
+
+def _global_means(sum_dy, sum_dy_xhat, count, reduce):
+    """(sum(dy) / M, sum(dy * xhat) / M, 1) over the global batch: the sums dx needs, already
+    divided by the global count, so the formula runs on with M = 1."""
+    xp = backend.get_array_module(sum_dy)
+    c = sum_dy.shape[0]
+    sums = xp.empty(2 * c, dtype=xp.float64)
+    sums[:c], sums[c:] = sum_dy, sum_dy_xhat
+    reduce(sums)
+    sums /= count
+    return sums[:c].astype(sum_dy.dtype), sums[c:].astype(sum_dy.dtype), 1
 
 
 def _batch_stats(x):

@@ -129,7 +129,7 @@ class Conv2d(Layer):
         wc = cols_width(x, kw, self.stride[1], self.padding[1])
         sample_bytes = self.in_channels * kh * kw * ho * wc * self.dtype.itemsize
         fit = max(1, COLS_BUDGET_BYTES // sample_bytes)  # samples whose cols fit the budget
-        chunks = -(-n // fit)  # ceil: as few chunks as the budget allows,
+        chunks = max(1, -(-n // fit))  # ceil: as few chunks as the budget allows (one for an empty batch),
         chunk = -(-n // chunks)  # of near-equal size (no small last chunk); chunk <= fit
         y = xp.empty((n, self.out_channels, ho, wo), dtype=self.dtype)
         if chunk >= n:  # cols fits the budget: keep it

@@ -1,0 +1,57 @@
+"""`gpucnn train` as each rank of the distributed tests runs it, with two test-only twists
+from the environment (the code under test is unchanged):
+
+    GPUCNN_TEST_TINY_VGG=1        --model vgg_bn is the same net with widths (4, 8)
+    GPUCNN_TEST_FAIL=RANK,STEP    that rank raises RuntimeError at its STEP-th training step
+    GPUCNN_TEST_PIDS=DIR          each rank writes its process id to DIR/rank<r>.pid
+    GPUCNN_TEST_SIGINT=RANK,STEP  that rank sends itself SIGINT just before its STEP-th step
+"""
+import functools
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gpucnn import cli, models  # noqa: E402  (after the path is set)
+
+if os.environ.get("GPUCNN_TEST_TINY_VGG"):
+    models.MODELS["vgg_bn"] = functools.partial(models.vgg_bn, widths=(4, 8))
+
+if os.environ.get("GPUCNN_TEST_FAIL"):
+    from gpucnn import train
+
+    rank, at = map(int, os.environ["GPUCNN_TEST_FAIL"].split(","))
+    step = train.TrainStep.__call__
+    calls = [0]
+
+    def failing(self, x, y):
+        calls[0] += 1
+        if int(os.environ.get("PMI_RANK", "0")) == rank and calls[0] == at:
+            raise RuntimeError(f"injected failure at step {at}, time {time.time():.3f}")
+        return step(self, x, y)
+
+    train.TrainStep.__call__ = failing
+
+if os.environ.get("GPUCNN_TEST_SIGINT"):
+    import signal
+
+    from gpucnn import train
+
+    rank, at = map(int, os.environ["GPUCNN_TEST_SIGINT"].split(","))
+    plain_step = train.TrainStep.__call__
+    seen = [0]
+
+    def interrupted(self, x, y):
+        seen[0] += 1
+        if int(os.environ.get("PMI_RANK", "0")) == rank and seen[0] == at:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag; the step goes on
+        return plain_step(self, x, y)
+
+    train.TrainStep.__call__ = interrupted
+
+if os.environ.get("GPUCNN_TEST_PIDS"):
+    with open(os.path.join(os.environ["GPUCNN_TEST_PIDS"], f"rank{os.environ.get('PMI_RANK', '0')}.pid"), "w") as f:
+        f.write(str(os.getpid()))
+
+sys.exit(cli.main(sys.argv[1:]))
