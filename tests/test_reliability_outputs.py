@@ -43,18 +43,33 @@ def test_save_onto_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
-def test_save_onto_a_device_is_refused_and_the_device_stays(tmp_path):
+@pytest.fixture
+def device(tmp_path):
+    """A character device to aim outputs at. As root, a private node like /dev/full (1, 7) in
+    tmp_path: were the guard ever broken, root could replace /dev/full itself, and a test must
+    not be able to damage the machine it runs on. Otherwise /dev/full, which only root can replace."""
+    if not AS_ROOT:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full on this system")
+        return "/dev/full"
+    node = tmp_path / "full"
+    try:
+        os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except (OSError, AttributeError) as e:
+        pytest.skip(f"cannot make a device node here: {e}")
+    return str(node)
+
+
+def test_save_onto_a_device_is_refused_and_the_device_stays(tmp_path, device):
     d = tiny_npz(tmp_path / "d.npz")
-    before = snapshot(tmp_path)
-    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", "/dev/full"), "/dev/full", "not a regular file")
-    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)  # still the device node
-    refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", "/dev/full"), "not a regular file")
     (tmp_path / "m.jsonl").write_text(json.dumps(ROW) + "\n")
     before = snapshot(tmp_path)
-    refused(gpucnn("plot", tmp_path / "m.jsonl", "-o", "/dev/full"), "/dev/full", "not a regular file")
-    assert not os.path.exists("/dev/full.png")
-    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", device), device, "not a regular file")
+    assert stat.S_ISCHR(os.stat(device).st_mode)  # still the device node
+    refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", device), "not a regular file")
+    refused(gpucnn("plot", tmp_path / "m.jsonl", "-o", device), device, "not a regular file")
+    assert not os.path.exists(device + ".png")
+    assert stat.S_ISCHR(os.stat(device).st_mode)
     assert snapshot(tmp_path) == before
 
 
