@@ -164,7 +164,8 @@ class MPICommunicator(Single):
                 print(f"gpucnn: interrupted on {self.description}; aborting the job", file=sys.stderr)
                 code = 130
             else:
-                print(f"gpucnn: {type(e).__name__} on {self.description}; aborting the job", file=sys.stderr)
+                # The message on the first line: the launcher may drop what follows once Abort kills the rank.
+                print(f"gpucnn: {type(e).__name__} on {self.description}: {e}; aborting the job", file=sys.stderr, flush=True)
                 traceback.print_exc()
                 code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1
             self.abort(code)
