@@ -401,7 +401,7 @@ def test_a_rank_that_raises_ends_the_job_within_seconds(tmp_path, mnist_npz):
     assert r.returncode != 0
     assert "injected failure at step 5" in r.stderr and "rank 1 of 2" in r.stderr, r.stderr
     assert "epoch 50/50" not in r.stdout and r.stdout.count("gpucnn: lenet") == 1
-    raised = float(r.stderr.split("injected failure at step 5, time ")[1].split()[0].rstrip(")"))
+    raised = float(r.stderr.split("injected failure at step 5, time ")[1].split()[0].rstrip(");"))
     assert ended - raised < 10, ended - raised  # rank 0 was waiting in the step's all-reduce
 
 
