@@ -15,6 +15,10 @@ Backward (training), with both statistics depending on x:
     dx = gamma * invstd / M * (M * dy - dbeta - xhat * dgamma)
 
 In eval the statistics are constants, so dx = gamma * invstd * dy.
+
+affine=False: no learned gamma, beta (gamma = 1, beta = 0, no "weight"/"bias" keys, as in
+PyTorch). zero_init=True starts gamma at 0, for the last BatchNorm of a residual branch:
+each block then starts as its shortcut (torchvision's zero_init_residual).
 """
 import functools
 
@@ -28,7 +32,7 @@ _BN_THREADS = 256  # must equal BN_THREADS in kernels/batchnorm.cu
 
 
 class BatchNorm2d(Layer):
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=None):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, zero_init=False, dtype=None):
         super().__init__(dtype)
         if not isinstance(num_features, (int, numpy.integer)) or num_features < 1:
             raise ValueError(f"BatchNorm2d: num_features must be a positive int, got {num_features!r}")
@@ -40,10 +44,15 @@ class BatchNorm2d(Layer):
         self.eps = float(eps)
         self.momentum = float(momentum)
         c = self.num_features
-        self.params = {
-            "weight": backend.to_device(numpy.ones(c), dtype=self.dtype),
+        if zero_init and not affine:
+            raise ValueError("BatchNorm2d: zero_init needs affine=True (there is no weight to zero)")
+        self.affine = bool(affine)
+        gamma_beta = {
+            "weight": backend.to_device(numpy.full(c, 0.0 if zero_init else 1.0), dtype=self.dtype),
             "bias": backend.to_device(numpy.zeros(c), dtype=self.dtype),
         }
+        # Without affine, gamma = 1 and beta = 0 stay constants outside params: not learned, not saved.
+        self.params, self._fixed = (gamma_beta, {}) if self.affine else ({}, gamma_beta)
         self.buffers = {
             "running_mean": backend.to_device(numpy.zeros(c), dtype=self.dtype),
             "running_var": backend.to_device(numpy.ones(c), dtype=self.dtype),
@@ -52,7 +61,7 @@ class BatchNorm2d(Layer):
         }
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + ("" if self.affine else ", affine=False")
 
     def _buffer(name):
         """A property reading buffers[name]; setting it copies in place, because optimisers,
@@ -73,7 +82,7 @@ class BatchNorm2d(Layer):
         xp = backend.get_array_module(x)
         n, c, h, w = x.shape
         m = n * h * w
-        gamma, beta = self.params["weight"], self.params["bias"]
+        gamma, beta = self._gamma_beta()
         if self.training:
             if m == 1:
                 raise ValueError(
@@ -109,7 +118,7 @@ class BatchNorm2d(Layer):
     def backward(self, dy):
         training, x, xhat, mean, invstd, y = self.saved()
         self.check_grad(dy, y)
-        gamma = self.params["weight"]
+        gamma = self._gamma_beta()[0]
         n, c, h, w = dy.shape
         m = n * h * w
         if backend.is_cupy_array(dy):
@@ -129,8 +138,12 @@ class BatchNorm2d(Layer):
             if training:  # dx = scale * dy - (scale / M) * (sum_dy + xhat * sum_dy_xhat)
                 dx -= xhat * (scale * sum_dy_xhat / m)[:, None, None]
                 dx -= (scale * sum_dy / m)[:, None, None]
-        self.grads = {"weight": sum_dy_xhat, "bias": sum_dy}
+        self.grads = {"weight": sum_dy_xhat, "bias": sum_dy} if self.affine else {}
         return dx
+
+    def _gamma_beta(self):
+        store = self.params if self.affine else self._fixed
+        return store["weight"], store["bias"]
 
 
 def _batch_stats(x):
