@@ -18,6 +18,8 @@ from gpucnn import backend
 from gpucnn.checkpoint import save_checkpoint
 from gpucnn.data.batches import iterate, num_batches
 from gpucnn.layers import SoftmaxCrossEntropy
+from gpucnn.layers.dropout import set_draws
+from gpucnn.tta import predict_logits
 
 
 class TrainingStopped(RuntimeError):
@@ -28,11 +30,12 @@ class TrainStep:
     """forward -> softmax cross-entropy -> backward -> optimiser update, no host sync.
 
     Returns (mean loss, number correct) as device scalars, so a CUDA graph can capture it.
+    With an `ema` (gpucnn.ema.EMA), its average is updated after the optimiser, in the step.
     """
 
-    def __init__(self, model, optimizer):
-        self.model, self.optimizer = model, optimizer
-        self.loss = SoftmaxCrossEntropy(dtype=_dtype(model))
+    def __init__(self, model, optimizer, label_smoothing=0.0, ema=None):
+        self.model, self.optimizer, self.ema = model, optimizer, ema
+        self.loss = SoftmaxCrossEntropy(label_smoothing, dtype=_dtype(model))
 
     def __call__(self, x, y):
         logits = self.model.forward(x)
@@ -42,6 +45,8 @@ class TrainStep:
         correct = (logits.argmax(axis=1) == y).sum()
         self.model.backward(self.loss.backward(), input_grad=False)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         return loss, correct
 
 
@@ -50,8 +55,8 @@ def _dtype(model):
     return next((p.value.dtype for p in model.parameters()), None)
 
 
-def make_step(model, optimizer, use_graph):
-    step = TrainStep(model, optimizer)
+def make_step(model, optimizer, use_graph, label_smoothing=0.0, ema=None):
+    step = TrainStep(model, optimizer, label_smoothing, ema)
     if use_graph and backend.name() == "cupy":
         from gpucnn.graph import GraphedStep
 
@@ -59,8 +64,9 @@ def make_step(model, optimizer, use_graph):
     return step
 
 
-def evaluate(model, x, y, mean, std, batch_size=1000, classes=None):
-    """Mean loss, accuracy and per-class accuracy of `model` in eval mode."""
+def evaluate(model, x, y, mean, std, batch_size=1000, classes=None, tta=False):
+    """Mean loss (plain cross-entropy, no label smoothing), accuracy and per-class accuracy
+    of `model` in eval mode; tta averages each image's logits with its mirror's (gpucnn.tta)."""
     xp = backend.xp
     was_training = model.training
     model.eval()
@@ -70,7 +76,7 @@ def evaluate(model, x, y, mean, std, batch_size=1000, classes=None):
     hits = xp.zeros(n_classes, dtype=xp.int64)
     counts = xp.zeros(n_classes, dtype=xp.int64)
     for xb, yb in iterate(x, y, batch_size, shuffle=False, seed=0, epoch=0, mean=mean, std=std):
-        logits = model.forward(xb)
+        logits = predict_logits(model, xb, tta)
         total_loss += loss_fn.forward(logits, yb, check=False) * len(yb)
         hits += xp.bincount(yb[logits.argmax(axis=1) == yb], minlength=n_classes)
         counts += xp.bincount(yb, minlength=n_classes)
@@ -105,17 +111,20 @@ class _Interrupt:
 
 
 def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None, metrics_path=None,
-        log=print, progress=True, stop_after=None):
+        log=print, progress=True, stop_after=None, ema=None):
     """Train for config['epochs'] epochs; return the list of per-epoch metric dicts.
 
     `start` (from a checkpoint) holds epoch, step (batches done in that epoch) and the
     running sums of the unfinished epoch. `stop_after` ends the run after that epoch
-    while the schedule still spans config['epochs'].
+    while the schedule still spans config['epochs']. `ema` (gpucnn.ema.EMA) is updated in
+    every step, evaluated after every epoch and saved in the checkpoint's meta["ema"].
     """
     epochs = config["epochs"]
     steps_per_epoch = num_batches(len(data.y_train), config["batch_size"], drop_last=False)
     start = start or {"epoch": 0, "step": 0, **_ZERO_SUMS}
-    step_fn = make_step(model, optimizer, config.get("graph", True))
+    step_fn = make_step(model, optimizer, config.get("graph", True), config.get("label_smoothing", 0.0), ema)
+    # Dropout masks are a function of the global step: a resumed run draws the straight run's.
+    set_draws(model.leaves(), start["epoch"] * steps_per_epoch + start["step"])
     history = []
     model.train()
 
@@ -125,6 +134,8 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
         meta = {"config": config, "epoch": epoch, "step": step, **sums, "global_step": epoch * steps_per_epoch + step,
                 # eval must normalise new data exactly as training did
                 "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std]}
+        if ema is not None:
+            meta["ema"] = ema.state_dict()
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
 
     stream = getattr(step_fn, "stream", None)
@@ -148,17 +159,23 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                     + (f"; checkpoint saved to {save_path} (continue with --resume {save_path})" if save_path else ""))
                 raise
             test_loss, test_acc, _ = evaluate(model, data.x_test, data.y_test, data.mean, data.std,
-                                              classes=len(data.classes))
+                                              classes=len(data.classes), tta=config.get("tta", False))
             row = {
                 "epoch": epoch + 1, "train_loss": sums["loss_sum"] / sums["seen"],
                 "train_acc": sums["correct"] / sums["seen"], "test_loss": test_loss, "test_acc": test_acc,
                 "seconds": round(sums["seconds"], 3), "images_per_s": round(sums["seen"] / max(sums["seconds"], 1e-9), 1),
                 "lr": optimizer.lr,
             }
+            if ema is not None:
+                with ema.swapped():
+                    row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
+                        model, data.x_test, data.y_test, data.mean, data.std, classes=len(data.classes),
+                        tta=config.get("tta", False))
             history.append(row)
             log(f"epoch {epoch + 1}/{epochs} - {sums['seconds']:.1f}s - loss {row['train_loss']:.4f} - acc "
                 f"{row['train_acc']:.4f} - test_loss {test_loss:.4f} - test_acc {test_acc:.4f} - "
-                f"{row['images_per_s']:,.0f} img/s")
+                + (f"ema_test_acc {row['ema_test_acc']:.4f} - " if ema is not None else "")
+                + f"{row['images_per_s']:,.0f} img/s")
             if metrics_path:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
