@@ -15,10 +15,14 @@ def to_torch(model, device="cpu", dtype=None):
     """A torch.nn module mirroring `model` (a Sequential or a layer), loaded with its state_dict."""
     import torch
 
-    net = twin(model)
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    from gpucnn import backend
+    from gpucnn.sequential import walk
+
     dtype = dtype or getattr(torch, str(model.dtype))
-    return net.to(device=device, dtype=dtype)
+    net = twin(model).to(dtype=dtype)  # before loading: a float32 module would round float64 weights
+    net.load_state_dict({prefix + n: torch.from_numpy(backend.to_numpy(a).copy()) for prefix, leaf in walk(model)
+                         for store in (leaf.params, leaf.buffers) for n, a in store.items()})
+    return net.to(device=device)
 
 
 def twin(layer):
