@@ -91,7 +91,7 @@ def cifar_resnet(depth, in_shape=(3, 32, 32), classes=10, dtype=None, widths=(16
             stride = 2 if stage > 0 and i == 0 else 1
             layers += [basic_block(c, width, stride, dtype, zero_init_residual), ReLU(dtype=dtype)]
             c = width
-    layers += [GlobalAvgPool2d(dtype=dtype), Linear(c, classes, dtype=dtype)]
+    layers += [GlobalAvgPool2d(dtype=dtype), Flatten(dtype=dtype), Linear(c, classes, dtype=dtype)]
     return Sequential(*layers)
 
 

@@ -47,7 +47,7 @@ def twin(layer):
     if isinstance(layer, AvgPool2d):
         return nn.AvgPool2d(layer.kernel_size, stride=layer.stride, padding=layer.padding)
     if isinstance(layer, GlobalAvgPool2d):
-        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        return nn.AdaptiveAvgPool2d(1)
     if isinstance(layer, Dropout):
         return nn.Dropout(layer.p)  # its own masks: compare in eval mode or with p = 0
     if isinstance(layer, Scale):

@@ -11,8 +11,9 @@ overlap an input gets the sum. The window sum is separable (rows, then columns),
 direction is kh + kw whole-array adds over strided views, the same code on both backends:
 plain array operations, no host sync, so the CUDA graph captures them.
 
-GlobalAvgPool2d is AdaptiveAvgPool2d(1) followed by flatten, in one layer: it returns
-(N, C), ready for a Linear, and its PyTorch twin is Sequential(AdaptiveAvgPool2d(1), Flatten()).
+GlobalAvgPool2d is PyTorch's AdaptiveAvgPool2d(1): it returns (N, C, 1, 1) and does NOT
+flatten; nets follow it with Flatten, as PyTorch code does, so the two correspond module for
+module and a PyTorch state_dict's indices line up with gpucnn's.
 """
 from gpucnn import backend
 from gpucnn.layers.base import Layer
@@ -67,12 +68,12 @@ class AvgPool2d(Layer):
 
 
 class GlobalAvgPool2d(Layer):
-    """(N, C, H, W) -> (N, C): y[n, c] = mean over h, w of x[n, c, h, w]; dx = dy / (H*W)
-    at every position. Flattens (AdaptiveAvgPool2d(1) + Flatten in PyTorch)."""
+    """(N, C, H, W) -> (N, C, 1, 1): y[n, c] = mean over h, w of x[n, c, h, w]; dx = dy / (H*W)
+    at every position. No flatten (AdaptiveAvgPool2d(1))."""
 
     def forward(self, x):
         self.check_input(x, 4)
-        y = x.mean(axis=(2, 3))
+        y = x.mean(axis=(2, 3), keepdims=True)
         self.save(tuple(x.shape), y)
         return y
 
@@ -81,7 +82,7 @@ class GlobalAvgPool2d(Layer):
         self.check_grad(dy, y)
         xp = backend.get_array_module(dy)
         dx = xp.empty(x_shape, dtype=dy.dtype)
-        dx[...] = (dy * dy.dtype.type(1.0 / (x_shape[2] * x_shape[3])))[:, :, None, None]
+        dx[...] = dy * dy.dtype.type(1.0 / (x_shape[2] * x_shape[3]))
         return dx
 
 
