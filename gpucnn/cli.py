@@ -160,6 +160,7 @@ def cmd_train(args):
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
     from gpucnn.optim import make_optimizer, make_schedule
+    from gpucnn.recipe import Recipe
     from gpucnn.train import TrainingStopped, fit
 
     config, start, ckpt = _config(args)
@@ -179,7 +180,7 @@ def cmd_train(args):
         schedule = make_schedule(config["schedule"], config["lr"], total_steps=config["epochs"] * steps_per_epoch,
                                  warmup_steps=config["warmup_steps"], step_size=config["step_size"] * steps_per_epoch,
                                  gamma=config["gamma"], min_lr=config["min_lr"], peak_fraction=config["peak_fraction"])
-        recipe = _recipe(model, config)
+        recipe = Recipe(model, config)  # label smoothing and --ema, checked before the first step
     except ValueError as e:
         raise GpucnnError(str(e)) from None
     if ckpt is not None:
@@ -207,12 +208,6 @@ def cmd_train(args):
     if save:
         print(f"checkpoint: {save}")
     return 0
-
-
-def _recipe(model, config):
-    from gpucnn.recipe import Recipe
-
-    return Recipe(model, config)
 
 
 def cmd_eval(args):
