@@ -80,11 +80,16 @@ def test_tta_averages_the_logits_of_image_and_mirror(rng):
     assert plain != pytest.approx(loss)
 
 
+def _digits():
+    pytest.importorskip("sklearn")  # the built-in digits
+
+
 RECIPE = ["--optimizer", "sgd", "--lr", "0.1", "--nesterov", "--weight-decay", "5e-4", "--schedule", "onecycle",
           "--peak-fraction", "0.3", "--label-smoothing", "0.1", "--tta", "--ema", "0.9"]
 
 
 def test_recipe_flags_are_saved_kept_on_resume_and_bit_exact(tmp_path, capsys):
+    _digits()
     straight, split = tmp_path / "a.ckpt", tmp_path / "b.ckpt"
     assert cli.main(["train", *TINY, "--epochs", "2", "--save", str(straight), *RECIPE]) == 0
     assert "ema_test_acc" in capsys.readouterr().out
@@ -104,6 +109,7 @@ def test_recipe_flags_are_saved_kept_on_resume_and_bit_exact(tmp_path, capsys):
 
 
 def test_eval_uses_tta_from_the_run_and_evaluates_the_ema(tmp_path, capsys):
+    _digits()
     ckpt, plain = tmp_path / "c.ckpt", tmp_path / "p.ckpt"
     assert cli.main(["train", *TINY, "--epochs", "2", "--save", str(ckpt), *RECIPE]) == 0
     last = [l for l in capsys.readouterr().out.splitlines() if l.startswith("epoch 2/2")][0]
@@ -128,6 +134,7 @@ def test_eval_uses_tta_from_the_run_and_evaluates_the_ema(tmp_path, capsys):
     (["--schedule", "onecycle", "--peak-fraction", "0"], "peak_fraction must be in"),
 ])
 def test_bad_recipe_flags_fail_before_training(flags, message, capsys):
+    _digits()
     assert cli.main(["train", *TINY, "--epochs", "1", "--no-save", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "epoch" not in err

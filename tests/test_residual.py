@@ -138,3 +138,18 @@ def test_cupy_matches_numpy(dtype, rng):
     close(twin.forward(cupy.asarray(x)), y)
     dy = rng.standard_normal(y.shape).astype(dtype)
     close(twin.backward(cupy.asarray(dy)), block.backward(dy))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_scale_layer(dtype, rng):
+    from gpucnn.layers import Scale
+
+    layer = Scale(0.125, dtype=dtype)
+    x = rng.standard_normal((3, 4)).astype(dtype)
+    y = layer.forward(x)
+    assert y.dtype == dtype
+    close(y, x * 0.125, 0)
+    close(layer.backward(x), x * 0.125, 0)
+    assert check_layer(Scale(-3.0, dtype=F64), rng.standard_normal((2, 5)))["x"] < 1e-6
+    with pytest.raises(ValueError, match="Scale: scale must be a number"):
+        Scale("big")
