@@ -172,11 +172,11 @@ def test_short_cpu_run_learns_digits(name, lr, epochs):
     from gpucnn.train import fit
 
     full = load("digits")
-    data = Dataset("digits-subset", full.x_train[:256], full.y_train[:256], full.x_test[:200], full.y_test[:200],
+    data = Dataset("digits-subset", full.x_train[:192], full.y_train[:192], full.x_test[:200], full.y_test[:200],
                    full.classes)
     init.seed(0)
     model = models.build(name, data.input_shape, 10)
-    steps = epochs * 8
+    steps = epochs * 6
     opt = SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     config = {"epochs": epochs, "batch_size": 32, "seed": 0, "graph": False, "label_smoothing": 0.1}
     history = fit(model, opt, make_schedule("onecycle", lr, total_steps=steps, peak_fraction=0.25), data, config,
