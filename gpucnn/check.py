@@ -7,7 +7,9 @@ import numpy
 
 from gpucnn import backend
 from gpucnn.gradcheck import check_layer, check_loss
-from gpucnn.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Softmax, SoftmaxCrossEntropy
+from gpucnn.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
+                           Residual, Scale, Softmax, SoftmaxCrossEntropy)
+from gpucnn.sequential import Sequential
 
 F64 = numpy.float64
 TOLERANCE = 1e-6
@@ -29,6 +31,24 @@ def _bn_eval(rng):
     bn.buffers["running_mean"][...] = backend.to_device(rng.standard_normal(3))
     bn.buffers["running_var"][...] = backend.to_device(rng.uniform(0.5, 2.0, 3))
     return bn.eval()
+
+
+class HeldDropout(Dropout):
+    """Dropout held at one draw: a gradient check runs forward many times and needs one mask."""
+
+    def forward(self, x):
+        self.draws[...] = 0
+        return super().forward(x)
+
+
+def _block(projection):
+    """A basic residual block (conv-BN-ReLU-conv-BN), identity or projection (conv1x1-BN) shortcut."""
+    c_out, stride = (3, 2) if projection else (2, 1)
+    body = Sequential(Conv2d(2, c_out, 3, stride=stride, padding=1, bias=False, dtype=F64), BatchNorm2d(c_out, dtype=F64),
+                      ReLU(dtype=F64), Conv2d(c_out, c_out, 3, padding=1, bias=False, dtype=F64),
+                      BatchNorm2d(c_out, dtype=F64))
+    shortcut = Sequential(Conv2d(2, c_out, 1, stride=2, bias=False, dtype=F64), BatchNorm2d(c_out, dtype=F64))
+    return Residual(body, shortcut if projection else None)
 
 
 def _convs(rng):
@@ -60,6 +80,13 @@ def cases(rng):
         ("ReLU", ReLU(dtype=F64), _away_from_zero(rng, (3, 4, 2, 2))),
         ("Flatten", Flatten(dtype=F64), rng.standard_normal((2, 3, 2, 2))),
         ("Softmax", Softmax(dtype=F64), rng.standard_normal((3, 6))),
+        ("AvgPool2d k3 s2 p1", AvgPool2d(3, 2, 1, dtype=F64), rng.standard_normal((2, 2, 7, 6))),
+        ("GlobalAvgPool2d", GlobalAvgPool2d(dtype=F64), rng.standard_normal((2, 3, 3, 4))),
+        ("Dropout p=0.4 (one mask)", HeldDropout(0.4, dtype=F64), rng.standard_normal((3, 4, 2, 2))),
+        ("Scale", Scale(0.125, dtype=F64), rng.standard_normal((3, 5))),
+        ("BatchNorm2d affine=False", BatchNorm2d(3, affine=False, dtype=F64), rng.standard_normal((4, 3, 3, 2))),
+        ("Residual identity", _block(False), rng.standard_normal((2, 2, 4, 4))),
+        ("Residual projection", _block(True), rng.standard_normal((2, 2, 5, 4))),
     ]
 
 
@@ -74,13 +101,15 @@ def run(print_fn=print):
     labels = backend.to_device(numpy.array([0, 4, 2, 2]))
     for name, err in check_loss(SoftmaxCrossEntropy(dtype=F64), logits, labels).items():
         rows.append(("SoftmaxCrossEntropy", name, err))
+    for name, err in check_loss(SoftmaxCrossEntropy(0.1, dtype=F64), logits, labels).items():
+        rows.append(("SoftmaxCE smoothing 0.1", name, err))
 
     print_fn(f"gradient check on the {backend.name()} backend (float64 central differences, pass < {TOLERANCE:g})")
-    print_fn(f"{'layer':<26} {'array':<8} {'max rel error':>14}  result")
+    print_fn(f"{'layer':<26} {'array':<22} {'max rel error':>14}  result")
     ok = True
     for label, name, err in rows:
         passed = err < TOLERANCE
         ok &= passed
-        print_fn(f"{label:<26} {name:<8} {err:>14.3e}  {'pass' if passed else 'FAIL'}")
+        print_fn(f"{label:<26} {name:<22} {err:>14.3e}  {'pass' if passed else 'FAIL'}")
     print_fn("all passed" if ok else "FAILED")
     return ok

@@ -13,6 +13,7 @@ TRAIN_DEFAULTS = {
     "optimizer": "adam", "lr": 2e-3, "momentum": 0.9, "nesterov": False, "weight_decay": None,
     "schedule": "cosine", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
     "seed": 0, "augment": None,
+    "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
 }
 # Flags a resumed run may change; every other one is taken from the checkpoint.
 RESUMABLE = {"epochs", "data_dir"}
@@ -21,7 +22,8 @@ RESUMABLE = {"epochs", "data_dir"}
 def _train_parser(sub):
     d = TRAIN_DEFAULTS
     p = sub.add_parser("train", help="train a model", description="Train a CNN; Ctrl-C or SIGTERM saves a checkpoint and stops (exit 130 or 143).")
-    p.add_argument("--model", choices=["small", "lenet", "vgg_bn"], help=f"network (default: {d['model']})")
+    p.add_argument("--model", choices=["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"],
+                   help=f"network (default: {d['model']})")
     p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz (default: {d['dataset']}, built in)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the download cache)")
     p.add_argument("--download", action="store_true",
@@ -35,11 +37,21 @@ def _train_parser(sub):
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum']})")
     p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum for SGD (default: off)")
     p.add_argument("--weight-decay", type=float, help="L2 (sgd, adam) or decoupled (adamw) weight decay (default: 0 for sgd and adam, 0.01 for adamw)")
-    p.add_argument("--schedule", choices=["constant", "step", "cosine"], help=f"learning-rate schedule (default: {d['schedule']})")
+    p.add_argument("--schedule", choices=list(SCHEDULE_HELP), help="learning-rate schedule: " + "; ".join(
+        f"{k}: {v}" for k, v in SCHEDULE_HELP.items()) + f" (default: {d['schedule']})")
     p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps before the schedule (default: {d['warmup_steps']})")
     p.add_argument("--step-size", type=int, help=f"epochs between decays for --schedule step (default: {d['step_size']})")
     p.add_argument("--gamma", type=float, help=f"decay factor for --schedule step (default: {d['gamma']})")
-    p.add_argument("--min-lr", type=float, help=f"final learning rate for --schedule cosine (default: {d['min_lr']})")
+    p.add_argument("--min-lr", type=float, help=f"final learning rate for --schedule cosine and onecycle (default: {d['min_lr']})")
+    p.add_argument("--peak-fraction", type=float, metavar="F",
+                   help=f"fraction of the run over which --schedule onecycle rises to --lr (default: {d['peak_fraction']})")
+    p.add_argument("--label-smoothing", type=float, metavar="EPS",
+                   help="mix each one-hot target with the uniform distribution, PyTorch's label_smoothing (default: 0)")
+    p.add_argument("--tta", action="store_true", default=None,
+                   help="evaluate on each test image and its horizontal flip, logits averaged (default: off)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="keep an exponential moving average of the weights (e.g. 0.999), updated every step, "
+                        "evaluated each epoch and saved in the checkpoint (default: off)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
     p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
@@ -76,6 +88,15 @@ def _distributed_flags(p):
                    help="CUDA device of this process (default: the node-local rank modulo the visible devices)")
 
 
+# --schedule's choices and help, one line each (gpucnn.optim.schedules has the formulas).
+SCHEDULE_HELP = {
+    "constant": "the base lr throughout",
+    "step": "lr times --gamma every --step-size epochs",
+    "cosine": "half a cosine down to --min-lr",
+    "onecycle": "linear up to --lr over --peak-fraction of the run, then linear down to --min-lr",
+}
+
+
 def _backend_flags(p):
     p.add_argument("--backend", choices=["auto", "numpy", "cupy"],
                    help="array backend (default: $GPUCNN_BACKEND, else auto: cupy when a CUDA device works)")
@@ -94,6 +115,9 @@ def build_parser():
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the checkpoint's)")
     p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size (default: 1000)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's logits with its horizontal flip's (default: as the run was trained)")
+    p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's moving average of the weights (train --ema)")
     _backend_flags(p)
     p.set_defaults(func=cmd_eval)
     _predict_parser(sub)
@@ -211,6 +235,7 @@ def _train(args, comm):
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
     from gpucnn.optim import make_optimizer, make_schedule
+    from gpucnn.recipe import Recipe
     from gpucnn.train import TrainingStopped, fit
 
     if args.init_from and args.resume:
@@ -236,7 +261,8 @@ def _train(args, comm):
                                    nesterov=config["nesterov"], weight_decay=config["weight_decay"])
         schedule = make_schedule(config["schedule"], config["lr"], total_steps=config["epochs"] * steps_per_epoch,
                                  warmup_steps=config["warmup_steps"], step_size=config["step_size"] * steps_per_epoch,
-                                 gamma=config["gamma"], min_lr=config["min_lr"])
+                                 gamma=config["gamma"], min_lr=config["min_lr"], peak_fraction=config["peak_fraction"])
+        recipe = Recipe(model, config)  # label smoothing and --ema, checked before the first step
     except ValueError as e:
         raise GpucnnError(str(e)) from None
     if args.init_from:
@@ -251,8 +277,12 @@ def _train(args, comm):
             optimizer.load_state_dict(ckpt["optim_state"])
         except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:  # a damaged state has any shape
             raise CheckpointError(f"{args.resume}: its weights or optimiser state do not fit this run: {e}") from None
+        if recipe.ema is not None:
+            recipe.load_ema(ckpt, args.resume)
         print(f"resuming {args.resume} at epoch {start['epoch'] + 1}, step {start['step']}")
     distributed.synchronise_start(comm, model, optimizer, config, data)
+    if recipe.ema is not None and ckpt is None:  # the average starts from the weights the run starts from
+        recipe.ema.load_state_dict(model.state_dict())
     if config["sync_bn"]:
         distributed.use_sync_bn(model, comm)
     print(f"gpucnn: {config['model']} ({model.num_parameters():,} parameters) on {data.name} "
@@ -262,7 +292,7 @@ def _train(args, comm):
     try:
         fit(model, optimizer, schedule, data, config, start=start, save_path=save,
             metrics_path=metrics_out, progress=not args.no_progress and comm.rank == 0,
-            stop_after=args.stop_after, comm=comm)
+            stop_after=args.stop_after, comm=comm, ema=recipe.ema)
     except TrainingStopped as e:
         print(f"gpucnn: {e}", file=sys.stderr)
         return 1
@@ -299,12 +329,17 @@ def cmd_eval(args):
         model.load_state_dict(ckpt["model_state"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{args.checkpoint}: its weights cannot be loaded: {e}") from None
+    if args.ema:
+        from gpucnn.recipe import load_ema_weights
+
+        load_ema_weights(model, ckpt, args.checkpoint)
     import numpy
 
     mean = numpy.asarray(ckpt["meta"].get("mean", data.mean), dtype=numpy.float32)
     std = numpy.asarray(ckpt["meta"].get("std", data.std), dtype=numpy.float32)
     loss, acc, per_class = evaluate(model, data.x_test, data.y_test, mean, std,
-                                    batch_size=args.batch_size, classes=classes)
+                                    batch_size=args.batch_size, classes=classes,
+                                    tta=config.get("tta", False) if args.tta is None else args.tta)
     names = list(data.classes) + [str(i) for i in range(len(data.classes), classes)]
     print(f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images): loss {loss:.4f}, accuracy {acc:.4f}")
     print(f"{'class':<16} {'accuracy':>8}")

@@ -36,7 +36,12 @@ def check_layer(layer, x, eps=1e-6, seed=0):
     """Return {array name: relative error} for the input ('x') and each parameter.
 
     `layer` and `x` should be float64. The layer's mode (train/eval) is used as set.
+    A container (Residual, Sequential) has its leaves' parameters checked under their
+    state_dict keys ("body.0.weight").
     """
+    from gpucnn.sequential import walk
+
+    params = {prefix + n: (leaf, n) for prefix, leaf in walk(layer) for n in leaf.params}
     xp = backend.get_array_module(x)
     rng = numpy.random.default_rng(seed)
     y = layer.forward(x)
@@ -47,10 +52,10 @@ def check_layer(layer, x, eps=1e-6, seed=0):
 
     layer.forward(x)
     dx = layer.backward(proj)
-    analytic = {"x": dx, **{k: v.copy() for k, v in layer.grads.items()}}
+    analytic = {"x": dx, **{k: leaf.grads[n].copy() for k, (leaf, n) in params.items()}}
     errors = {"x": rel_error(analytic["x"], numeric_grad(loss, x, eps))}
-    for name, p in layer.params.items():
-        errors[name] = rel_error(analytic[name], numeric_grad(loss, p, eps))
+    for key, (leaf, n) in params.items():
+        errors[key] = rel_error(analytic[key], numeric_grad(loss, leaf.params[n], eps))
     return errors
 
 

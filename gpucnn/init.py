@@ -28,3 +28,8 @@ def rng_state():
 
 def set_rng_state(state):
     _rng.bit_generator.state = state
+
+
+def integer_seed():
+    """A 63-bit seed drawn from the same generator (for layers that hash their own randomness)."""
+    return int(_rng.integers(2**63))

@@ -9,8 +9,11 @@ to NaN and sends its dy to the same last NaN in both orders, where ReLU's backwa
 ReLU touches only the pooled elements, a quarter for 2x2 pooling (LeNet on NumPy: about 8%
 faster a step).
 
-state_dict keys match PyTorch's nn.Sequential ("0.weight", "1.running_mean", ...),
-so a PyTorch state_dict converted to NumPy arrays loads as it is.
+state_dict keys match PyTorch's module tree ("0.weight", "1.running_mean", and inside a
+Residual "3.body.0.weight", "3.shortcut.1.running_mean"), so a PyTorch state_dict of the
+same net converted to NumPy arrays loads as it is. They come from one recursive walk
+(`walk`): a container is anything with `children()` -> [(name, module)], a leaf is a layer
+with `params` and `buffers`; keys join the names on the way down with ".".
 """
 
 from gpucnn import backend
@@ -28,6 +31,17 @@ def run_order(layers):
         else:
             i += 1
     return order
+
+
+def walk(module, prefix=""):
+    """(key prefix, leaf layer) for every leaf under `module`, depth first in PyTorch's order.
+    The prefix ends in "." unless empty (a leaf walked on its own)."""
+    children = getattr(module, "children", None)
+    if children is None:
+        yield prefix, module
+        return
+    for name, child in children():
+        yield from walk(child, f"{prefix}{name}.")
 
 
 class Param:
@@ -71,8 +85,21 @@ class Sequential:
         return self.layers[i]
 
     def __repr__(self):
-        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
-        return f"Sequential(\n{inner}\n)"
+        inner = "".join(f"\n  ({i}): " + repr(layer).replace("\n", "\n  ") for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+    def children(self):
+        """(name, layer) pairs, named by position like nn.Sequential."""
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def leaves(self):
+        """Every leaf layer, nested ones included, in state_dict order."""
+        return [layer for _, layer in walk(self)]
+
+    @property
+    def dtype(self):
+        """The float type of the first leaf layer (the net computes in it)."""
+        return next((layer.dtype for layer in self.leaves() if hasattr(layer, "dtype")), None)
 
     def forward(self, x):
         for i in run_order(self.layers):
@@ -108,17 +135,17 @@ class Sequential:
         return self.train(False)
 
     def parameters(self):
-        return [Param(f"{i}.{n}", layer, n) for i, layer in enumerate(self.layers) for n in layer.params]
+        return [Param(prefix + n, layer, n) for prefix, layer in walk(self) for n in layer.params]
 
     def num_parameters(self):
         return sum(int(p.value.size) for p in self.parameters())
 
     def _entries(self):
         """(key, layer, store, name) for every saved array, in PyTorch's order."""
-        for i, layer in enumerate(self.layers):
+        for prefix, layer in walk(self):
             for store in (layer.params, layer.buffers):
                 for n in store:
-                    yield f"{i}.{n}", layer, store, n
+                    yield prefix + n, layer, store, n
 
     def state_dict(self):
         """Host (NumPy) copies of every parameter and buffer."""

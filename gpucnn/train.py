@@ -18,6 +18,8 @@ from gpucnn import backend, distributed, metrics
 from gpucnn.checkpoint import save_checkpoint
 from gpucnn.data.batches import iterate, num_batches, share
 from gpucnn.layers import SoftmaxCrossEntropy
+from gpucnn.layers.dropout import set_draws
+from gpucnn.tta import predict_logits
 
 
 class TrainingStopped(RuntimeError):
@@ -28,11 +30,12 @@ class TrainStep:
     """forward -> softmax cross-entropy -> backward -> optimiser update, no host sync.
 
     Returns (mean loss, number correct) as device scalars, so a CUDA graph can capture it.
+    With an `ema` (gpucnn.ema.EMA), its average is updated after the optimiser, in the step.
     """
 
-    def __init__(self, model, optimizer, sync=None):
-        self.model, self.optimizer, self.sync = model, optimizer, sync
-        self.loss = SoftmaxCrossEntropy(dtype=_dtype(model))
+    def __init__(self, model, optimizer, label_smoothing=0.0, ema=None, sync=None):
+        self.model, self.optimizer, self.ema, self.sync = model, optimizer, ema, sync
+        self.loss = SoftmaxCrossEntropy(label_smoothing, dtype=_dtype(model))
 
     def __call__(self, x, y):
         logits = self.model.forward(x)
@@ -46,6 +49,8 @@ class TrainStep:
             self.model.backward(self.loss.backward(self.sync.grad_scale), input_grad=False)
             loss, correct = self.sync(loss, correct, len(y))
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update()
         return loss, correct
 
     def release(self):
@@ -60,8 +65,8 @@ def _dtype(model):
     return next((p.value.dtype for p in model.parameters()), None)
 
 
-def make_step(model, optimizer, use_graph, sync=None):
-    step = TrainStep(model, optimizer, sync)
+def make_step(model, optimizer, use_graph, label_smoothing=0.0, ema=None, sync=None):
+    step = TrainStep(model, optimizer, label_smoothing, ema, sync)
     if use_graph and backend.name() == "cupy":
         from gpucnn.graph import GraphedStep
 
@@ -69,9 +74,10 @@ def make_step(model, optimizer, use_graph, sync=None):
     return step
 
 
-def evaluate(model, x, y, mean, std, batch_size=1000, classes=None, comm=None):
-    """Mean loss, accuracy and per-class accuracy of `model` in eval mode; with a
-    communicator of several ranks, each evaluates its share of the set, once."""
+def evaluate(model, x, y, mean, std, batch_size=1000, classes=None, tta=False, comm=None):
+    """Mean loss (plain cross-entropy, no label smoothing), accuracy and per-class accuracy
+    of `model` in eval mode; tta averages each image's logits with its mirror's (gpucnn.tta).
+    With a communicator of several ranks, each evaluates its share of the set, once."""
     xp = backend.xp
     n_total, n_classes = len(y), classes or int(y.max()) + 1
     if comm is not None and comm.size > 1:
@@ -84,7 +90,7 @@ def evaluate(model, x, y, mean, std, batch_size=1000, classes=None, comm=None):
     hits = xp.zeros(n_classes, dtype=xp.int64)
     counts = xp.zeros(n_classes, dtype=xp.int64)
     for xb, yb in iterate(x, y, batch_size, shuffle=False, seed=0, epoch=0, mean=mean, std=std):
-        logits = model.forward(xb)
+        logits = predict_logits(model, xb, tta)
         total_loss += loss_fn.forward(logits, yb, check=False) * len(yb)
         hits += xp.bincount(yb[logits.argmax(axis=1) == yb], minlength=n_classes)
         counts += xp.bincount(yb, minlength=n_classes)
@@ -143,12 +149,13 @@ class _Interrupt:
 
 
 def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None, metrics_path=None,
-        log=print, progress=True, stop_after=None, comm=None):
+        log=print, progress=True, stop_after=None, comm=None, ema=None):
     """Train for config['epochs'] epochs; return the list of per-epoch metric dicts.
 
     `start` (from a checkpoint) holds epoch, step (batches done in that epoch) and the
     running sums of the unfinished epoch. `stop_after` ends the run after that epoch
-    while the schedule still spans config['epochs'].
+    while the schedule still spans config['epochs']. `ema` (gpucnn.ema.EMA) is updated in
+    every step, evaluated after every epoch and saved in the checkpoint's meta["ema"].
 
     `comm` (gpucnn.distributed) of several ranks: data-parallel. Each rank steps on its
     share of every global batch; only rank 0 writes the checkpoint and metrics.
@@ -158,7 +165,9 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     start = start or {"epoch": 0, "step": 0, **_ZERO_SUMS}
     comm = comm or distributed.Single()
     sync = distributed.GradientSync(comm, model, backend.xp) if comm.size > 1 else None
-    step_fn = make_step(model, optimizer, config.get("graph", True), sync)
+    step_fn = make_step(model, optimizer, config.get("graph", True), config.get("label_smoothing", 0.0), ema, sync)
+    # Dropout masks are a function of the global step: a resumed run draws the straight run's.
+    set_draws(model.leaves(), start["epoch"] * steps_per_epoch + start["step"])
     history = []
     model.train()
 
@@ -175,6 +184,8 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
                 # predict and export rebuild the net and label its outputs without the dataset
                 "classes": [str(c) for c in data.classes]}
+        if ema is not None:
+            meta["ema"] = ema.state_dict()
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
         comm.barrier()
 
@@ -203,17 +214,23 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 raise
             distributed.average_buffers(comm, model)  # one model is evaluated and saved
             test_loss, test_acc, _ = evaluate(model, data.x_test, data.y_test, data.mean, data.std,
-                                              classes=len(data.classes), comm=comm)
+                                              classes=len(data.classes), tta=config.get("tta", False), comm=comm)
             row = {
                 "epoch": epoch + 1, "train_loss": sums["loss_sum"] / sums["seen"],
                 "train_acc": sums["correct"] / sums["seen"], "test_loss": test_loss, "test_acc": test_acc,
                 "seconds": round(sums["seconds"], 3), "images_per_s": round(sums["seen"] / max(sums["seconds"], 1e-9), 1),
                 "lr": optimizer.lr,
             }
+            if ema is not None:
+                with ema.swapped():
+                    row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
+                        model, data.x_test, data.y_test, data.mean, data.std, classes=len(data.classes),
+                        tta=config.get("tta", False), comm=comm)
             history.append(row)
             log(f"epoch {epoch + 1}/{epochs} - {sums['seconds']:.1f}s - loss {row['train_loss']:.4f} - acc "
                 f"{row['train_acc']:.4f} - test_loss {test_loss:.4f} - test_acc {test_acc:.4f} - "
-                f"{row['images_per_s']:,.0f} img/s")
+                + (f"ema_test_acc {row['ema_test_acc']:.4f} - " if ema is not None else "")
+                + f"{row['images_per_s']:,.0f} img/s")
             checkpoint(epoch + 1, 0, dict(_ZERO_SUMS))  # first: a failing metrics write must not cost it
             if metrics_path and comm.rank == 0:
                 metrics.append(metrics_path, row)

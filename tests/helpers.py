@@ -63,3 +63,16 @@ def in_memory_order(a, order):
 def memory_order(a):
     """The axes of `a` from the largest stride to the smallest."""
     return tuple(sorted(range(a.ndim), key=lambda i: -a.strides[i]))
+
+
+def module_to_cupy(module, cupy):
+    """Move every parameter and buffer of a layer or container (nested ones too) onto CuPy."""
+    from gpucnn.sequential import walk
+
+    for _, leaf in walk(module):
+        for store in (leaf.params, leaf.buffers):
+            for n in store:
+                store[n] = cupy.asarray(store[n])
+        if hasattr(leaf, "draws"):
+            leaf.draws = cupy.asarray(leaf.draws)
+    return module

@@ -2,6 +2,8 @@
 import dataclasses
 import math
 
+import numpy
+
 import pytest
 
 from gpucnn.optim import SCHEDULES, make_schedule
@@ -75,13 +77,13 @@ def test_schedules_are_pure_functions_of_the_step():
 def test_settings_are_recorded():
     lr_at = make_schedule("Step", 0.1, total_steps=100, step_size=30)
     assert dataclasses.asdict(lr_at) == {"name": "step", "base_lr": 0.1, "total_steps": 100, "warmup_steps": 0,
-                                         "step_size": 30, "gamma": 0.1, "min_lr": 0.0}
+                                         "step_size": 30, "gamma": 0.1, "min_lr": 0.0, "peak_fraction": 0.25}
 
 
 def test_unknown_name_lists_the_choices():
     with pytest.raises(ValueError, match="'linear'.*constant, step, cosine"):
         make_schedule("linear", 0.1)
-    assert SCHEDULES == ("constant", "step", "cosine")
+    assert SCHEDULES == ("constant", "step", "cosine", "onecycle")
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -109,3 +111,26 @@ def test_bad_step():
 def test_hand_value_of_cos_18_degrees():
     # The constant used above, from its closed form cos(pi/10) = sqrt(10 + 2*sqrt(5)) / 4.
     assert (1 + math.sqrt(10 + 2 * math.sqrt(5)) / 4) / 2 == pytest.approx(0.9755282581475768, rel=1e-15)
+
+
+def test_onecycle_rises_linearly_to_the_peak_then_falls_to_min_lr():
+    lr_at = make_schedule("onecycle", 0.4, total_steps=100, peak_fraction=0.2, min_lr=0.01)
+    lrs = [lr_at(t) for t in range(101)]
+    assert lrs[0] == pytest.approx(0.4 / 20) and lrs[19] == pytest.approx(0.4) and lrs[20] == pytest.approx(0.4)
+    assert all(b > a for a, b in zip(lrs[:20], lrs[1:20]))  # rising
+    assert all(b < a for a, b in zip(lrs[20:100], lrs[21:100]))  # falling
+    rises, falls = numpy.diff(lrs[:20]), numpy.diff(lrs[20:101])
+    numpy.testing.assert_allclose(rises, 0.4 / 20)  # straight lines
+    numpy.testing.assert_allclose(falls, -(0.4 - 0.01) / 80)
+    assert lrs[100] == pytest.approx(0.01) and lr_at(500) == pytest.approx(0.01)
+
+
+def test_onecycle_after_warmup_and_its_errors():
+    lr_at = make_schedule("onecycle", 1.0, total_steps=30, warmup_steps=10, peak_fraction=0.5)
+    assert lr_at(9) == pytest.approx(1.0) and lr_at(10) == pytest.approx(0.1) and lr_at(19) == pytest.approx(1.0)
+    assert lr_at(30) == 0.0
+    with pytest.raises(ValueError, match="peak_fraction must be in"):
+        make_schedule("onecycle", 0.1, total_steps=10, peak_fraction=1.0)
+    with pytest.raises(ValueError, match="'onecycle' needs total_steps >= 2"):
+        make_schedule("onecycle", 0.1, total_steps=1)
+    assert make_schedule("onecycle", 0.1, total_steps=2)(0) == pytest.approx(0.1)

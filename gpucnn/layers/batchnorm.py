@@ -21,6 +21,10 @@ M, sum(x) and sum(x^2) (float64) are summed over the ranks before mean_c and var
 dbeta, dgamma before dx, so every rank normalises with the global batch's statistics and
 gets dx as one process would. The layer's own grads stay this rank's part of the sums
 (the trainer sums gradients over ranks afterwards).
+
+affine=False: no learned gamma, beta (gamma = 1, beta = 0, no "weight"/"bias" keys, as in
+PyTorch). zero_init=True starts gamma at 0, for the last BatchNorm of a residual branch:
+each block then starts as its shortcut (torchvision's zero_init_residual).
 """
 import functools
 
@@ -34,7 +38,7 @@ _BN_THREADS = 256  # must equal BN_THREADS in kernels/batchnorm.cu
 
 
 class BatchNorm2d(Layer):
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=None):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, zero_init=False, dtype=None):
         super().__init__(dtype)
         if not isinstance(num_features, (int, numpy.integer)) or num_features < 1:
             raise ValueError(f"BatchNorm2d: num_features must be a positive int, got {num_features!r}")
@@ -47,10 +51,15 @@ class BatchNorm2d(Layer):
         self.momentum = float(momentum)
         self.reduce = None  # sync-BN: an in-place sum over ranks (see the module docstring)
         c = self.num_features
-        self.params = {
-            "weight": backend.to_device(numpy.ones(c), dtype=self.dtype),
+        if zero_init and not affine:
+            raise ValueError("BatchNorm2d: zero_init needs affine=True (there is no weight to zero)")
+        self.affine = bool(affine)
+        gamma_beta = {
+            "weight": backend.to_device(numpy.full(c, 0.0 if zero_init else 1.0), dtype=self.dtype),
             "bias": backend.to_device(numpy.zeros(c), dtype=self.dtype),
         }
+        # Without affine, gamma = 1 and beta = 0 stay constants outside params: not learned, not saved.
+        self.params, self._fixed = (gamma_beta, {}) if self.affine else ({}, gamma_beta)
         self.buffers = {
             "running_mean": backend.to_device(numpy.zeros(c), dtype=self.dtype),
             "running_var": backend.to_device(numpy.ones(c), dtype=self.dtype),
@@ -59,7 +68,7 @@ class BatchNorm2d(Layer):
         }
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}" + ("" if self.affine else ", affine=False")
 
     def _buffer(name):
         """A property reading buffers[name]; setting it copies in place, because optimisers,
@@ -80,7 +89,7 @@ class BatchNorm2d(Layer):
         xp = backend.get_array_module(x)
         n, c, h, w = x.shape
         m = n * h * w
-        gamma, beta = self.params["weight"], self.params["bias"]
+        gamma, beta = self._gamma_beta()
         if self.training and self.reduce is not None:
             mean, var, m = _global_stats(x, self.reduce)  # m: the global count, on the device
             centred = None
@@ -123,7 +132,7 @@ class BatchNorm2d(Layer):
     def backward(self, dy):
         training, x, xhat, mean, invstd, y = self.saved()
         self.check_grad(dy, y)
-        gamma = self.params["weight"]
+        gamma = self._gamma_beta()[0]
         n, c, h, w = dy.shape
         m = n * h * w
         on_gpu = backend.is_cupy_array(dy)
@@ -133,7 +142,7 @@ class BatchNorm2d(Layer):
         else:
             sum_dy = dy.sum(axis=_AXES)
             sum_dy_xhat = _channel_dot(dy, xhat)
-        self.grads = {"weight": sum_dy_xhat, "bias": sum_dy}
+        self.grads = {"weight": sum_dy_xhat, "bias": sum_dy} if self.affine else {}
         if training and self.reduce is not None:  # dx needs the global sums (over M values)
             sum_dy, sum_dy_xhat, m = _global_means(sum_dy, sum_dy_xhat, self._count, self.reduce)
         if on_gpu:
@@ -150,6 +159,10 @@ class BatchNorm2d(Layer):
                 dx -= xhat * (scale * sum_dy_xhat / m)[:, None, None]
                 dx -= (scale * sum_dy / m)[:, None, None]
         return dx
+
+    def _gamma_beta(self):
+        store = self.params if self.affine else self._fixed
+        return store["weight"], store["bias"]
 
 
 def _global_stats(x, reduce):

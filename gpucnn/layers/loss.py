@@ -6,6 +6,12 @@ With z = logits of one row and p its target distribution (one-hot for a class in
     loss = -(1/N) * sum_rows sum_c p_c * log softmax(z)_c
     d loss / d z = (softmax(z) * sum_c p_c - p) / N              (= (softmax(z) - p) / N)
 
+Label smoothing eps (PyTorch's label_smoothing) mixes the target with the uniform
+distribution over the C classes before the formulas above: p <- (1 - eps) * p + eps / C
+(for class indices p is one-hot first), so with indices
+
+    loss = -(1/N) * sum_rows [(1 - eps) * log softmax(z)_y + (eps / C) * sum_c log softmax(z)_c]
+
 Fusing the two is what makes it stable: the gradient never divides by a probability that
 underflowed to 0, and logits like 1e4 give a finite loss and the exact gradient. No argmax
 is taken, so tied maximum logits need no tie rule: each gets an equal share of probability.
@@ -16,8 +22,12 @@ from gpucnn.layers.base import Layer
 
 
 class SoftmaxCrossEntropy(Layer):
-    def __init__(self, dtype=None):
+    def __init__(self, label_smoothing=0.0, dtype=None):
         super().__init__(dtype)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"SoftmaxCrossEntropy: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
         self.probs = None
 
     def forward(self, logits, target, check=True):
@@ -37,10 +47,15 @@ class SoftmaxCrossEntropy(Layer):
         total = e.sum(axis=1, keepdims=True)
         self.probs = e / total
         log_total = xp.log(total)
+        eps = self.label_smoothing
         if indices:  # only the target entries of log softmax are needed
             picked = xp.take_along_axis(shifted, target.reshape(n, 1), axis=1) - log_total
             loss = -picked.sum() / n
+            if eps:  # the uniform part: the mean of log softmax over the classes
+                loss = (1 - eps) * loss - eps * (shifted.sum() / c - log_total.sum()) / n
         else:
+            if eps:
+                target = target * (1 - eps) + eps / c
             loss = -(target * (shifted - log_total)).sum() / n
         self.save(target, indices)
         return xp.asarray(loss, dtype=self.dtype)
@@ -54,9 +69,10 @@ class SoftmaxCrossEntropy(Layer):
         target, indices = self.saved()
         xp = backend.get_array_module(self.probs)
         n = self.probs.shape[0]
+        eps = self.label_smoothing
         if indices:
-            grad = self.probs.copy()
-            grad[xp.arange(n), target] -= 1  # one (row, class) pair per row: no repeats
+            grad = self.probs - eps / self.probs.shape[1] if eps else self.probs.copy()
+            grad[xp.arange(n), target] -= 1 - eps  # one (row, class) pair per row: no repeats
         else:
             grad = self.probs * target.sum(axis=1, keepdims=True) - target
         grad /= n

@@ -7,7 +7,8 @@ before each step, and the replayed graph reads the new value.
 """
 from gpucnn.optim.adam import Adam, AdamW
 from gpucnn.optim.base import Optimizer
-from gpucnn.optim.schedules import SCHEDULES, Schedule, constant_lr, cosine_lr, make_schedule, step_lr, warmup_lr
+from gpucnn.optim.schedules import (SCHEDULES, Schedule, constant_lr, cosine_lr, make_schedule, onecycle_lr, step_lr,
+                                    warmup_lr)
 from gpucnn.optim.sgd import SGD
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}
@@ -33,4 +34,4 @@ def make_optimizer(name, params, lr, momentum=0.0, weight_decay=None, nesterov=F
 
 
 __all__ = ["OPTIMIZERS", "SCHEDULES", "SGD", "Adam", "AdamW", "Optimizer", "Schedule", "constant_lr", "cosine_lr",
-           "make_optimizer", "make_schedule", "step_lr", "warmup_lr"]
+           "make_optimizer", "make_schedule", "onecycle_lr", "step_lr", "warmup_lr"]

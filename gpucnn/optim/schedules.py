@@ -9,7 +9,7 @@ import dataclasses
 import math
 import operator
 
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 
 
 def constant_lr(step, base_lr):
@@ -29,6 +29,16 @@ def cosine_lr(step, base_lr, total_steps, min_lr=0.0):
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * t / total_steps))
 
 
+def onecycle_lr(step, base_lr, total_steps, peak_steps, min_lr=0.0):
+    """lr = base_lr * (step + 1) / peak_steps for step < peak_steps (up from nearly 0),
+    then min_lr + (base_lr - min_lr) * (total_steps - step) / (total_steps - peak_steps),
+    from base_lr at step peak_steps down to min_lr at total_steps (and held there)."""
+    if step < peak_steps:
+        return base_lr * (step + 1) / peak_steps
+    t = min(step, total_steps)
+    return min_lr + (base_lr - min_lr) * (total_steps - t) / (total_steps - peak_steps)
+
+
 def warmup_lr(step, base_lr, warmup_steps):
     """lr = base_lr * (step + 1) / warmup_steps for step < warmup_steps."""
     return base_lr * (step + 1) / warmup_steps
@@ -45,6 +55,7 @@ class Schedule:
     step_size: int | None = None
     gamma: float = 0.1
     min_lr: float = 0.0
+    peak_fraction: float = 0.25
 
     def __call__(self, step):
         step = operator.index(step)
@@ -57,13 +68,23 @@ class Schedule:
             return step_lr(step, self.base_lr, self.step_size, self.gamma)
         if self.name == "cosine":
             return cosine_lr(step, self.base_lr, self.total_steps - self.warmup_steps, self.min_lr)
+        if self.name == "onecycle":
+            main = self.total_steps - self.warmup_steps
+            return onecycle_lr(step, self.base_lr, main, _peak_steps(main, self.peak_fraction), self.min_lr)
         return constant_lr(step, self.base_lr)
 
 
-def make_schedule(name, base_lr, total_steps=None, warmup_steps=0, step_size=None, gamma=0.1, min_lr=0.0):
-    """A `Schedule`: callable lr_at(step) for name in SCHEDULES ("constant", "step", "cosine"),
-    optionally after `warmup_steps` of linear warm-up. "step" needs step_size (in steps);
-    "cosine" needs total_steps (the whole run, warm-up included) and decays to min_lr."""
+def _peak_steps(steps, fraction):
+    """Steps of onecycle's rise: at least 1, and at least 1 step left for the fall."""
+    return min(max(1, round(steps * fraction)), steps - 1)
+
+
+def make_schedule(name, base_lr, total_steps=None, warmup_steps=0, step_size=None, gamma=0.1, min_lr=0.0,
+                  peak_fraction=0.25):
+    """A `Schedule`: callable lr_at(step) for name in SCHEDULES ("constant", "step", "cosine",
+    "onecycle"), optionally after `warmup_steps` of linear warm-up. "step" needs step_size (in
+    steps); "cosine" and "onecycle" need total_steps (the whole run, warm-up included) and end
+    at min_lr; "onecycle" peaks at base_lr after peak_fraction of the steps after warm-up."""
     key = str(name).strip().lower()
     if key not in SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of: {', '.join(SCHEDULES)}")
@@ -77,10 +98,15 @@ def make_schedule(name, base_lr, total_steps=None, warmup_steps=0, step_size=Non
             raise ValueError(f"schedule 'step' needs step_size >= 1 (steps between decays), got {step_size}")
         if not gamma >= 0:
             raise ValueError(f"schedule 'step': gamma must be >= 0, got {gamma}")
-    if key == "cosine":
-        if total_steps is None or operator.index(total_steps) <= warmup_steps:
-            raise ValueError(f"schedule 'cosine' needs total_steps > warmup_steps ({warmup_steps}), got {total_steps}")
+    if key in ("cosine", "onecycle"):
+        least = warmup_steps + (2 if key == "onecycle" else 1)  # onecycle: a step up and a step down
+        if total_steps is None or operator.index(total_steps) < least:
+            raise ValueError(f"schedule {key!r} needs total_steps >= {least} (warmup_steps {warmup_steps} "
+                             f"+ {least - warmup_steps}), got {total_steps}")
         if not 0 <= min_lr <= base_lr:
-            raise ValueError(f"schedule 'cosine': min_lr must be in [0, base_lr={base_lr}], got {min_lr}")
+            raise ValueError(f"schedule {key!r}: min_lr must be in [0, base_lr={base_lr}], got {min_lr}")
+    if key == "onecycle" and not 0 < peak_fraction < 1:
+        raise ValueError(f"schedule 'onecycle': peak_fraction must be in (0, 1), got {peak_fraction}")
     return Schedule(key, float(base_lr), None if total_steps is None else operator.index(total_steps), warmup_steps,
-                    None if step_size is None else operator.index(step_size), float(gamma), float(min_lr))
+                    None if step_size is None else operator.index(step_size), float(gamma), float(min_lr),
+                    float(peak_fraction))

@@ -1,0 +1,61 @@
+"""GPU: resnets, Dropout and the EMA inside a CUDA-graph replayed step follow the eager step
+(and NumPy). Skipped without CuPy and a CUDA device."""
+import contextlib
+
+import numpy
+import pytest
+
+from gpucnn import backend, init, models
+from gpucnn.ema import EMA
+from gpucnn.layers import Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, ReLU
+from gpucnn.optim import SGD
+from gpucnn.sequential import Sequential
+from gpucnn.train import make_step
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture
+def on_cupy():
+    pytest.importorskip("cupy")
+    backend.select("cupy")
+    try:
+        yield backend.xp
+    finally:
+        backend.select("numpy")
+
+
+def _dropout_net(shape, classes):
+    return Sequential(Conv2d(shape[0], 8, 3, padding=1), ReLU(), Dropout(0.3), GlobalAvgPool2d(), Flatten(),
+                      Dropout(0.5), Linear(8, classes))
+
+
+def _run(name, shape, steps, use_graph):
+    init.seed(0)
+    model = _dropout_net(shape, 10) if name == "dropout" else models.build(name, shape, 10)
+    ema = EMA(model, 0.9)
+    step = make_step(model, SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+                     use_graph, label_smoothing=0.1, ema=ema)
+    rng = numpy.random.default_rng(0)
+    stream = getattr(step, "stream", None)
+    backend.synchronize()
+    losses = []
+    for _ in range(steps):
+        x, y = rng.standard_normal((8, *shape)).astype(numpy.float32), rng.integers(0, 10, 8)
+        with stream if stream is not None else contextlib.nullcontext():
+            loss, _ = step(backend.to_device(x), backend.to_device(y))
+            losses.append(float(loss))
+    return numpy.array(losses), model.state_dict(), ema.state_dict()
+
+
+@pytest.mark.parametrize("name,shape", [("resnet20", (3, 16, 16)), ("resnet9", (3, 16, 16)), ("dropout", (3, 8, 8))])
+def test_graph_replay_follows_eager_and_numpy(on_cupy, name, shape):
+    eager = _run(name, shape, 5, use_graph=False)
+    graphed = _run(name, shape, 5, use_graph=True)  # steps 3.. are replays
+    backend.select("numpy")
+    cpu = _run(name, shape, 5, use_graph=False)
+    for other in (graphed, cpu):
+        numpy.testing.assert_allclose(other[0], eager[0], rtol=2e-4)
+        for k in eager[1]:
+            numpy.testing.assert_allclose(other[1][k], eager[1][k], rtol=1e-3, atol=1e-4, err_msg=k)
+            numpy.testing.assert_allclose(other[2][k], eager[2][k], rtol=1e-3, atol=1e-4, err_msg="ema " + k)
