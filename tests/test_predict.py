@@ -202,6 +202,20 @@ def test_fit_rules(tmp_path):
     assert shrunk.mean() == pytest.approx(d.mean() / 255, rel=0.02)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_are_refused_without_blocking(tmp_path):
+    from gpucnn.predict import image_paths
+
+    os.mkfifo(tmp_path / "pipe.png")  # opening it to read would wait for a writer forever
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "sub" / "in.png")
+    Image.new("L", (4, 4)).save(tmp_path / "sub" / "ok.png")
+    got = image_paths([str(tmp_path / "pipe.png"), str(tmp_path / "sub")])
+    assert [(os.path.basename(p), why is None) for p, why in got] == [("pipe.png", False), ("in.png", False),
+                                                                        ("ok.png", True)]
+    assert all("not a regular file" in why for _, why in got[:2])
+
+
 def test_without_pillow_the_message_names_the_extra(monkeypatch):
     from gpucnn import predict
 
