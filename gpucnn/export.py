@@ -384,11 +384,11 @@ def check_export_path(path):
 def run(args, print_fn=print):
     from gpucnn.trained import load_trained
 
-    real = check_export_path(args.output)
     for flag, given in (("--softmax", args.softmax), ("--fold-bn", args.fold_bn)):
         if given and output_format(args.output) != ".onnx":
             raise ExportError(f"{flag} applies to .onnx exports only")
     trained = load_trained(args.checkpoint)
+    real = check_export_path(args.output)  # creates its directory: only once the inputs are known good
     meta = description(trained)
     if output_format(args.output) == ".onnx":
         data = to_onnx(trained.model, trained.input_shape, softmax=args.softmax, fold_bn=args.fold_bn,
