@@ -151,6 +151,27 @@ def test_old_checkpoint_without_shape_and_classes(tmp_path):
         load_trained(tmp_path / "orphan.ckpt")
 
 
+@pytest.mark.parametrize("shape, words", [
+    ([1, 8.5, 8], "not three positive integers"),  # was silently truncated to 8
+    ([1, 10**6, 10**6], "too large for memory"),   # was a MemoryError traceback
+])
+def test_an_edited_input_shape_is_a_clear_error(tmp_path, capsys, shape, words):
+    pytest.importorskip("sklearn")
+    ckpt = tmp_path / "d.ckpt"
+    assert cli.main(["train", "--epochs", "1", "--no-progress", "--save", str(ckpt)]) == 0
+    c = load_checkpoint(ckpt)
+    c["meta"]["input_shape"] = shape
+    save_checkpoint(ckpt, model_state=c["model_state"], meta=c["meta"])
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    capsys.readouterr()
+    for command in (["predict", "--checkpoint", str(ckpt), str(tmp_path / "a.png")],
+                    ["export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "m.safetensors")]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"gpucnn: error: {ckpt}: ") and words in err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 # --- read_image: each conversion rule on its own --------------------------------------------
 def _digit():
     im = numpy.zeros((8, 8), numpy.uint8)
