@@ -24,7 +24,8 @@ def read_weights(path):
     """{key: NumPy array} from a .safetensors or PyTorch state_dict file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InitFromError(f"--init-from {path}: no such file")
+        raise InitFromError(f"--init-from {path}: " + ("not a regular file (a folder, FIFO or device)"
+                                                        if os.path.exists(path) else "no such file"))
     if path.lower().endswith(".safetensors"):
         return _read_safetensors(path)
     if path.lower().endswith(TORCH_SUFFIXES):

@@ -106,6 +106,9 @@ def test_files_that_are_not_state_dicts(tmp_path):
         read_weights(tmp_path / "w.npz")
     with pytest.raises(InitFromError, match="no such file"):
         read_weights(tmp_path / "absent.pt")
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(InitFromError, match="not a regular file"):
+        read_weights(tmp_path / "folder.pt")
 
 
 def test_without_torch_a_pt_file_is_a_message(tmp_path, monkeypatch):
