@@ -2,8 +2,8 @@
 
 .onnx         the eval-mode net as a standard ONNX graph (opset OPSET): Conv, BatchNormalization
               (or, with fold_bn, folded into the Conv before it), Relu, MaxPool, AveragePool /
-              GlobalAveragePool, Flatten, Gemm, Add, Mul, and Softmax with softmax=True. Input "input" (batch, C, H, W), the batch dimension
-              dynamic; output "logits" (or "probabilities"). Weights are initializers named by
+              GlobalAveragePool, Flatten, Gemm, Add, and Softmax with softmax=True. Input "input"
+              (batch, C, H, W), the batch dimension dynamic; output "logits" (or "probabilities"). Weights are initializers named by
               their state_dict keys. Built with the `onnx` package and checked by onnx.checker.
 .safetensors  the state_dict under PyTorch's keys (safetensors' NumPy API) and, in its
               metadata, what rebuilds and feeds the net: model name, input shape, classes,
@@ -101,9 +101,6 @@ class Graph:
         self.initializers.append(self.onnx.numpy_helper.from_array(a, self._unique(name)))
         return self.initializers[-1].name
 
-    def constant(self, value, name):
-        return self.weight(numpy.asarray(value, dtype=self.dtype), name)
-
     def node(self, op, inputs, where, **attrs):
         """Append one node; return its output's name."""
         out = self._unique(f"{where}/{op}" if where else op)
@@ -193,7 +190,6 @@ _Residual = getattr(gpucnn.layers, "Residual", None)
 _AvgPool2d = getattr(gpucnn.layers, "AvgPool2d", None)
 _GlobalAvgPool2d = getattr(gpucnn.layers, "GlobalAvgPool2d", None)
 _Dropout = getattr(gpucnn.layers, "Dropout", None)
-_Scale = getattr(gpucnn.layers, "Scale", None)
 
 if _Residual is not None:
     @converter(_Residual)
@@ -224,11 +220,6 @@ if _Dropout is not None:
     def _dropout(g, layer, x, where):
         return x  # the identity in eval mode
 
-if _Scale is not None:
-    @converter(_Scale)
-    def _scale(g, layer, x, where):
-        factor = next(getattr(layer, a) for a in ("factor", "scale", "value") if hasattr(layer, a))
-        return g.node("Mul", [x, g.constant(factor, _key(where, "factor"))], where)
 
 
 # --- folding BatchNorm into the convolution before it ------------------------------------------
@@ -384,11 +375,11 @@ def check_export_path(path):
 def run(args, print_fn=print):
     from gpucnn.trained import load_trained
 
-    real = check_export_path(args.output)
     for flag, given in (("--softmax", args.softmax), ("--fold-bn", args.fold_bn)):
         if given and output_format(args.output) != ".onnx":
             raise ExportError(f"{flag} applies to .onnx exports only")
     trained = load_trained(args.checkpoint)
+    real = check_export_path(args.output)  # creates its directory: only once the inputs are known good
     meta = description(trained)
     if output_format(args.output) == ".onnx":
         data = to_onnx(trained.model, trained.input_shape, softmax=args.softmax, fold_bn=args.fold_bn,

@@ -51,6 +51,7 @@ class GraphedStep:
             weakref.finalize(self, release).atexit = False
         self._graphs = {}  # (x shape, y shape) -> (graph, static x, static y, outputs)
         self._warm = set()  # shapes already run once eagerly
+        self.warmup_peak_bytes = 0  # device memory CuPy's pools held before a capture emptied one
 
     def __call__(self, x, y):
         cupy = backend.cupy_module()
@@ -81,6 +82,13 @@ class GraphedStep:
         """Device memory held by the graphs' private pools."""
         return sum(pool.total_bytes() for pool in self.pools)
 
+    def peak_bytes(self):
+        """The most device memory CuPy's pools have held with this step: now, or just before a
+        capture emptied the default pool (a pool only grows until emptied, so these moments
+        bound every other)."""
+        now = backend.cupy_module().get_default_memory_pool().total_bytes() + self.pool_bytes()
+        return max(now, self.warmup_peak_bytes)
+
     def _capture(self, cupy, x, y):
         sx = cupy.empty_like(x)
         sy = cupy.empty_like(y)
@@ -90,6 +98,7 @@ class GraphedStep:
         if release is not None:
             release()
         default_pool = cupy.get_default_memory_pool()
+        self.warmup_peak_bytes = max(self.warmup_peak_bytes, default_pool.total_bytes() + self.pool_bytes())
         default_pool.free_all_blocks()  # cudaFree waits until the eager step is done with them
         pool = cupy.cuda.MemoryPool()
         self.pools.append(pool)

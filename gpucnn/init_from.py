@@ -24,7 +24,8 @@ def read_weights(path):
     """{key: NumPy array} from a .safetensors or PyTorch state_dict file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InitFromError(f"--init-from {path}: no such file")
+        raise InitFromError(f"--init-from {path}: " + ("not a regular file (a folder, FIFO or device)"
+                                                        if os.path.exists(path) else "no such file"))
     if path.lower().endswith(".safetensors"):
         return _read_safetensors(path)
     if path.lower().endswith(TORCH_SUFFIXES):
@@ -41,13 +42,22 @@ def _read_safetensors(path):
         raise InitFromError(f"--init-from {path}: reading .safetensors needs the safetensors package: "
                             f"pip install 'gpucnn[safetensors]'") from None
     try:
-        return load_file(path)
+        return {k: _widened(v) for k, v in load_file(path).items()}
     except TypeError as e:
         if "bfloat16" not in str(e):
             raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
         return _read_safetensors_bf16(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+
+
+def _widened(a):
+    """A bfloat16 or 8-bit float array as float32 (exact). With ml_dtypes installed (onnx
+    brings it), safetensors hands those back in ml_dtypes' types, which are no NumPy
+    number kind: the strict load would refuse them as non-numeric."""
+    if a.dtype.kind == "V" and a.dtype.name.startswith(("bfloat16", "float8")):
+        return a.astype(numpy.float32)
+    return a
 
 
 _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2",

@@ -46,7 +46,8 @@ def pillow():
 def image_paths(paths):
     """[(path, None)] for each file named, each image file under a named folder (sorted,
     recursive, by the extensions Pillow knows, hidden entries skipped), and (path, why)
-    for each path that gives none."""
+    for each path that gives none. Only regular files are read: opening a FIFO or a
+    device would block or never end."""
     extensions = set(pillow().registered_extensions())
     out = []
     for path in paths:
@@ -56,12 +57,18 @@ def image_paths(paths):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 found += [os.path.join(root, f) for f in sorted(files)
                           if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions]
-            out += [(f, None) for f in found] or [(path, "folder holds no image files")]
-        elif os.path.exists(path):
+            out += [(f, None if os.path.isfile(f) else _NOT_REGULAR) for f in found] \
+                or [(path, "folder holds no image files")]
+        elif os.path.isfile(path):
             out.append((path, None))
+        elif os.path.exists(path):
+            out.append((path, _NOT_REGULAR))
         else:
             out.append((path, "no such file or folder"))
     return out
+
+
+_NOT_REGULAR = "not a regular file (a FIFO, socket or device is not read)"
 
 
 def read_image(path, input_shape, invert=False, fit="stretch"):

@@ -27,8 +27,11 @@ class Trained:
 def load_trained(path):
     """The net saved in checkpoint `path`, ready to run; CheckpointError naming the file
     and the problem if it is not a gpucnn checkpoint, is corrupt, or does not fit."""
+    from gpucnn import validate
+
     ckpt = load_checkpoint(path)
-    meta = ckpt["meta"] if isinstance(ckpt["meta"], dict) else {}
+    validate.check_saved_run(ckpt, path, for_resume=False)  # the same rule as gpucnn eval's
+    meta = ckpt["meta"]
     config = meta.get("config")
     if not isinstance(config, dict) or not isinstance(config.get("model"), str):
         raise CheckpointError(f"{path}: its meta has no run configuration naming the model (not written by gpucnn train?)")
@@ -41,6 +44,9 @@ def load_trained(path):
         model = models.build(name, info["input_shape"], len(info["classes"]))
     except ValueError as e:
         raise CheckpointError(f"{path}: cannot rebuild its {name} net: {e}") from None
+    except MemoryError:  # an edited input_shape: the weights for it would not fit in memory
+        raise CheckpointError(f"{path}: cannot rebuild its {name} net for input_shape {info['input_shape']}: "
+                              f"too large for memory (its meta is damaged?)") from None
     check_model_state(ckpt["model_state"], model.state_dict(), path)
     model.load_state_dict(ckpt["model_state"])
     return Trained(model.eval(), name, info["input_shape"], info["classes"], info["mean"], info["std"], path)

@@ -119,13 +119,14 @@ def gpucnn_runner(name, shape, batch, args):
     runner = Runner(lambda: step(x, y), backend.synchronize, batch, args.steps, args.warmup, settle)
 
     def peak():
-        # CuPy's pools keep every block they took until emptied, and only the capture empties
-        # the default one (of the eager warm-up step, whose peak is about the graph's pool):
-        # their size at the end is the case's high-water mark, within that warm-up's margin.
+        # CuPy's pools keep every block they took until emptied: eager, their size at the end
+        # is the high-water mark; with graphs, the larger of that and their size just before
+        # the capture emptied the default pool of the eager warm-up step (GraphedStep.peak_bytes).
         if backend.name() != "cupy":
             return None
-        graph_bytes = step.pool_bytes() if hasattr(step, "pool_bytes") else 0
-        return xp.get_default_memory_pool().total_bytes() + graph_bytes
+        if hasattr(step, "peak_bytes"):
+            return step.peak_bytes()
+        return xp.get_default_memory_pool().total_bytes()
 
     return model, runner, peak
 

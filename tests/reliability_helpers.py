@@ -21,6 +21,25 @@ def gpucnn(*args, cwd=None, timeout=180):
                           env=env, cwd=cwd, timeout=timeout)
 
 
+def signal_after_first_checkpoint(train_args, ckpt, signum, env=None):
+    """Start `gpucnn train TRAIN_ARGS`, wait for its first checkpoint at `ckpt`, send it
+    `signum`; returns (exit status, stdout, stderr)."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "gpucnn", "train", *map(str, train_args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not os.path.exists(ckpt) and time.time() < deadline:  # the first epoch's checkpoint
+            time.sleep(0.05)
+        assert os.path.exists(ckpt), "no checkpoint appeared"
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return proc.returncode, out, err
+
+
 def refused(result, *words, code=2):
     """The command failed with `code`, one clean `gpucnn: error:` line holding every word."""
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)

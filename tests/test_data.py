@@ -12,22 +12,14 @@ import pytest
 from gpucnn import data
 from gpucnn.data import DatasetError, cifar, idx
 from gpucnn.data.stats import channel_stats
+from reliability_helpers import idx_bytes
+from reliability_helpers import write_bytes as write
 
 MNIST_DIR = "/work/shared/data/mnist"
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
 # ---------------------------------------------------------------- tiny file writers
-
-def idx_bytes(magic, dims, body):
-    return struct.pack(f">i{len(dims)}i", magic, *dims) + bytes(body)
-
-
-def write(path, content, gz=False):
-    with open(path, "wb") as f:
-        f.write(gzip.compress(content) if gz else content)
-    return str(path)
-
 
 def write_mnist_dir(d, n_train=6, n_test=4, gz=True, h=5, w=4, seed=0):
     """Four standard IDX files with random pixels and labels 0..9; returns the arrays."""

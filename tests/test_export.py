@@ -21,7 +21,7 @@ from gpucnn.trained import load_trained  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
 STANDARD_OPS = {"Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
-                "Gemm", "Add", "Mul", "Softmax", "Identity"}
+                "Gemm", "Add", "Softmax", "Identity"}
 
 
 def cli_models():
@@ -202,15 +202,18 @@ def test_export_replaces_only_its_own_files(trained_ckpt, tmp_path, capsys):
         assert (tmp_path / name).read_bytes() == b"a user's file"
     assert cli.main(["export", "--checkpoint", str(trained_ckpt), "-o", str(tmp_path / "m.pb")]) == 2
     assert ".onnx or .safetensors" in capsys.readouterr().err
-    assert cli.main(["export", "--checkpoint", str(trained_ckpt), "-o", str(tmp_path / "m.safetensors"), "--fold-bn"]) == 2
+    assert cli.main(["export", "--checkpoint", str(trained_ckpt), "-o", str(tmp_path / "new" / "m.safetensors"),
+                     "--fold-bn"]) == 2
     assert "--fold-bn applies to .onnx exports only" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # refused before anything was made
     assert cli.main(["export", "--checkpoint", str(trained_ckpt), "-o", str(tmp_path / "m.onnx"), "--fold-bn"]) == 0
 
 
 def test_cli_export_from_a_bad_checkpoint(tmp_path, capsys):
     (tmp_path / "junk.ckpt").write_bytes(b"PK\x03\x04 not really a zip")
-    assert cli.main(["export", "--checkpoint", str(tmp_path / "junk.ckpt"), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "junk.ckpt"), "-o", str(tmp_path / "new" / "m.onnx")]) == 2
     assert "junk.ckpt: not a readable .npz (truncated or corrupt?)" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # the output's directory is made only for a good checkpoint
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -107,6 +107,25 @@ def test_capture_starts_after_the_eager_step_is_released_and_freed(fake):
                     "launch", "launch"]
 
 
+def test_peak_memory_counts_the_eager_warm_up_the_capture_freed(fake):
+    from gpucnn.graph import GraphedStep
+
+    class Growing(LoggingStep):
+        def __call__(self, x, y):
+            fake.default_pool.held += 1000  # the eager step's activations, or the capture's
+            return super().__call__(x, y)
+
+    graphed = GraphedStep(Growing(fake))
+    x, y = numpy.zeros((4, 1, 2, 2), numpy.float32), numpy.zeros(4, numpy.int64)
+    graphed(x, y)
+    assert graphed.peak_bytes() == 1000
+    graphed(x, y)  # capture: the default pool (1000 held) is emptied first
+    fake.default_pool.held, graphed.pools[0].held = 100, 700  # static inputs; the graph's pool
+    assert graphed.peak_bytes() == 1000  # the warm-up, not the 800 held now
+    fake.default_pool.held = 500
+    assert graphed.peak_bytes() == 1200  # now more than then
+
+
 def test_dropping_a_graphed_step_destroys_its_handle_and_workspace(fake):
     from gpucnn.graph import GraphedStep
 

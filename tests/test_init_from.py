@@ -106,6 +106,9 @@ def test_files_that_are_not_state_dicts(tmp_path):
         read_weights(tmp_path / "w.npz")
     with pytest.raises(InitFromError, match="no such file"):
         read_weights(tmp_path / "absent.pt")
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(InitFromError, match="not a regular file"):
+        read_weights(tmp_path / "folder.pt")
 
 
 def test_without_torch_a_pt_file_is_a_message(tmp_path, monkeypatch):
@@ -120,10 +123,21 @@ def test_init_from_and_resume_exclude_each_other(tmp_path, capsys):
     assert "give one of them" in capsys.readouterr().err
 
 
-def test_bfloat16_safetensors_from_pytorch(tmp_path):
-    """safetensors' NumPy API has no bfloat16; such files (common from PyTorch) still load, widened exactly."""
+@pytest.mark.parametrize("ml_dtypes", [True, False], ids=["ml_dtypes", "no_ml_dtypes"])
+def test_bfloat16_safetensors_from_pytorch(tmp_path, monkeypatch, ml_dtypes):
+    """bfloat16 .safetensors files (common from PyTorch) load, widened exactly: safetensors'
+    NumPy API hands them back as ml_dtypes.bfloat16 where that is installed, and refuses
+    them (TypeError) where it is not."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("safetensors")
+    if ml_dtypes:
+        pytest.importorskip("ml_dtypes")
+    else:
+        import safetensors.numpy
+
+        def refuse(path):
+            raise TypeError("data type 'bfloat16' not understood")
+        monkeypatch.setattr(safetensors.numpy, "load_file", refuse)
     from safetensors.torch import save_file
 
     from gpucnn.torch_twin import to_torch

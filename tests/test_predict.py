@@ -151,6 +151,27 @@ def test_old_checkpoint_without_shape_and_classes(tmp_path):
         load_trained(tmp_path / "orphan.ckpt")
 
 
+@pytest.mark.parametrize("shape, words", [
+    ([1, 8.5, 8], "not three positive integers"),  # was silently truncated to 8
+    ([1, 10**6, 10**6], "too large for memory"),   # was a MemoryError traceback
+])
+def test_an_edited_input_shape_is_a_clear_error(tmp_path, capsys, shape, words):
+    pytest.importorskip("sklearn")
+    ckpt = tmp_path / "d.ckpt"
+    assert cli.main(["train", "--epochs", "1", "--no-progress", "--save", str(ckpt)]) == 0
+    c = load_checkpoint(ckpt)
+    c["meta"]["input_shape"] = shape
+    save_checkpoint(ckpt, model_state=c["model_state"], meta=c["meta"])
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    capsys.readouterr()
+    for command in (["predict", "--checkpoint", str(ckpt), str(tmp_path / "a.png")],
+                    ["export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "m.safetensors")]):
+        assert cli.main(command) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"gpucnn: error: {ckpt}: ") and words in err
+    assert not (tmp_path / "m.safetensors").exists()
+
+
 # --- read_image: each conversion rule on its own --------------------------------------------
 def _digit():
     im = numpy.zeros((8, 8), numpy.uint8)
@@ -200,6 +221,20 @@ def test_fit_rules(tmp_path):
     # Antialiased bilinear: each 8x8 block comes back blurred into its neighbours, ink where it was.
     assert shrunk[d == 255].min() > 0.5 and shrunk[:, [0, 7]].max() < 0.02
     assert shrunk.mean() == pytest.approx(d.mean() / 255, rel=0.02)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_are_refused_without_blocking(tmp_path):
+    from gpucnn.predict import image_paths
+
+    os.mkfifo(tmp_path / "pipe.png")  # opening it to read would wait for a writer forever
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "sub" / "in.png")
+    Image.new("L", (4, 4)).save(tmp_path / "sub" / "ok.png")
+    got = image_paths([str(tmp_path / "pipe.png"), str(tmp_path / "sub")])
+    assert [(os.path.basename(p), why is None) for p, why in got] == [("pipe.png", False), ("in.png", False),
+                                                                        ("ok.png", True)]
+    assert all("not a regular file" in why for _, why in got[:2])
 
 
 def test_without_pillow_the_message_names_the_extra(monkeypatch):

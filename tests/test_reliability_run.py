@@ -3,14 +3,11 @@ command (train, eval, plot) refuses bad input with one line: through the real co
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
 from reliability_helpers import (ROOT, TRAIN, edit_checkpoint, forge_shape, gpucnn, npz_entries, refused,
-                                 snapshot, tiny_npz, train_tiny, write_zip)
+                                 signal_after_first_checkpoint, snapshot, tiny_npz, train_tiny, write_zip)
 
 from gpucnn.checkpoint import load_checkpoint
 
@@ -61,19 +58,9 @@ def test_checkpoint_is_written_before_the_metrics(tmp_path, monkeypatch, capsys)
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     d, ckpt = tiny_npz(tmp_path / "d.npz", n_train=64), tmp_path / "c.ckpt"
     env = {**os.environ, "PYTHONPATH": ROOT, "GPUCNN_BACKEND": "numpy"}
-    proc = subprocess.Popen([sys.executable, "-m", "gpucnn", "train", "--dataset", d, "--model", "small",
-                             "--batch-size", "2", "--epochs", "100000", "--no-progress", "--save", str(ckpt)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        deadline = time.time() + 120
-        while not ckpt.exists() and time.time() < deadline:  # the first epoch's checkpoint
-            time.sleep(0.05)
-        assert ckpt.exists(), "no checkpoint appeared"
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+    rc, out, err = signal_after_first_checkpoint(["--dataset", d, "--model", "small", "--batch-size", "2", "--epochs",
+                                                  "100000", "--no-progress", "--save", ckpt], ckpt, signal.SIGTERM, env)
+    assert rc == 143, err
     assert "interrupted at epoch" in out and f"checkpoint saved to {ckpt} (continue with --resume {ckpt})" in out
     assert "Traceback" not in err
     meta = load_checkpoint(ckpt)["meta"]

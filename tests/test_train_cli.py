@@ -183,21 +183,13 @@ def test_lenet_on_mnist_two_epochs_reaches_98_5(capsys):
 def test_real_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     """A real SIGINT to a running `gpucnn train`: it finishes the step, saves, says how to resume."""
     import signal
-    import time
+
+    from reliability_helpers import signal_after_first_checkpoint
 
     ckpt = tmp_path / "c.ckpt"
-    proc = subprocess.Popen([sys.executable, "-m", "gpucnn", "train", "--epochs", "100000", "--no-progress",
-                             "--save", str(ckpt)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while not ckpt.exists() and time.time() < deadline:  # the first epoch's checkpoint
-            time.sleep(0.1)
-        assert ckpt.exists(), "no checkpoint appeared"
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130, err
+    rc, out, err = signal_after_first_checkpoint(["--epochs", "100000", "--no-progress", "--save", ckpt], ckpt,
+                                                 signal.SIGINT)
+    assert rc == 130, err
     assert "interrupted at epoch" in out and f"--resume {ckpt}" in out
     meta = load_checkpoint(ckpt)["meta"]
     assert meta["epoch"] >= 1 and meta["config"]["epochs"] == 100000
