@@ -2,7 +2,7 @@
 
 .onnx         the eval-mode net as a standard ONNX graph (opset OPSET): Conv, BatchNormalization
               (or, with fold_bn, folded into the Conv before it), Relu, MaxPool, AveragePool /
-              GlobalAveragePool, Flatten, Gemm, Add, and Softmax with softmax=True. Input "input"
+              GlobalAveragePool, Flatten, Gemm, Add, Mul (resnet9's output scale), and Softmax with softmax=True. Input "input"
               (batch, C, H, W), the batch dimension dynamic; output "logits" (or "probabilities"). Weights are initializers named by
               their state_dict keys. Built with the `onnx` package and checked by onnx.checker.
 .safetensors  the state_dict under PyTorch's keys (safetensors' NumPy API) and, in its
@@ -22,7 +22,8 @@ import numpy
 import gpucnn
 from gpucnn import backend
 from gpucnn.errors import GpucnnError
-from gpucnn.layers import BatchNorm2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Softmax
+from gpucnn.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
+                           Residual, Scale, Softmax)
 from gpucnn.outputs import check_output, write_atomically
 from gpucnn.sequential import Sequential
 
@@ -158,9 +159,10 @@ def _linear(g, linear, x, where):
 @converter(BatchNorm2d)
 def _batchnorm(g, bn, x, where):
     """Eval mode: the running statistics, as BatchNormalization's inference form."""
-    p, b = bn.params, bn.buffers
-    inputs = [x] + [g.weight(store[n], _key(where, n)) for store, n in
-                    ((p, "weight"), (p, "bias"), (b, "running_mean"), (b, "running_var"))]
+    gamma, beta = bn.gamma_beta()  # constants 1 and 0 with affine=False
+    inputs = [x] + [g.weight(a, _key(where, n)) for a, n in
+                    ((gamma, "weight"), (beta, "bias"), (bn.buffers["running_mean"], "running_mean"),
+                     (bn.buffers["running_var"], "running_var"))]
     return g.node("BatchNormalization", inputs, where, epsilon=bn.eps)
 
 
@@ -185,41 +187,33 @@ def _softmax(g, layer, x, where):
     return g.node("Softmax", [x], where, axis=1)
 
 
-# Layers of the residual nets (gpucnn.layers.residual, avgpool, dropout), registered when present.
-_Residual = getattr(gpucnn.layers, "Residual", None)
-_AvgPool2d = getattr(gpucnn.layers, "AvgPool2d", None)
-_GlobalAvgPool2d = getattr(gpucnn.layers, "GlobalAvgPool2d", None)
-_Dropout = getattr(gpucnn.layers, "Dropout", None)
+@converter(Residual)
+def _residual(g, res, x, where):
+    """y = body(x) + shortcut(x), the shortcut the identity when None."""
+    a = g.convert(res.body, x, _key(where, "body"))
+    b = x if res.shortcut is None else g.convert(res.shortcut, x, _key(where, "shortcut"))
+    return g.node("Add", [a, b], where)
 
-if _Residual is not None:
-    @converter(_Residual)
-    def _residual(g, res, x, where):
-        """y = body(x) + shortcut(x), the shortcut the identity when None."""
-        a = g.convert(res.body, x, _key(where, "body"))
-        b = x if res.shortcut is None else g.convert(res.shortcut, x, _key(where, "shortcut"))
-        return g.node("Add", [a, b], where)
 
-if _AvgPool2d is not None:
-    @converter(_AvgPool2d)
-    def _avgpool(g, pool, x, where):
-        pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
-        stride = pool.kernel_size if getattr(pool, "stride", None) is None else pool.stride
-        return g.node("AveragePool", [x], where, kernel_shape=pair(pool.kernel_size), strides=pair(stride),
-                      pads=_pads(pair(getattr(pool, "padding", 0))),
-                      count_include_pad=int(bool(getattr(pool, "count_include_pad", True))), ceil_mode=0)
+@converter(AvgPool2d)
+def _avgpool(g, pool, x, where):
+    return g.node("AveragePool", [x], where, kernel_shape=list(pool.kernel_size), strides=list(pool.stride),
+                  pads=_pads(pool.padding), count_include_pad=1, ceil_mode=0)
 
-if _GlobalAvgPool2d is not None:
-    @converter(_GlobalAvgPool2d)
-    def _global_avgpool(g, pool, x, where):
-        y = g.node("GlobalAveragePool", [x], where)  # (N, C, 1, 1)
-        flat = pool.forward(g.sample(x)).ndim == 2  # gpucnn's GlobalAvgPool2d flattens to (N, C)
-        return g.node("Flatten", [y], where, axis=1) if flat else y
 
-if _Dropout is not None:
-    @converter(_Dropout)
-    def _dropout(g, layer, x, where):
-        return x  # the identity in eval mode
+@converter(GlobalAvgPool2d)
+def _global_avgpool(g, pool, x, where):
+    return g.node("GlobalAveragePool", [x], where)  # (N, C, 1, 1), as gpucnn's GlobalAvgPool2d
 
+
+@converter(Dropout)
+def _dropout(g, layer, x, where):
+    return x  # the identity in eval mode
+
+
+@converter(Scale)
+def _scale(g, layer, x, where):
+    return g.node("Mul", [x, g.weight(numpy.array(layer.scale, dtype=g.dtype), _key(where, "scale"))], where)
 
 
 # --- folding BatchNorm into the convolution before it ------------------------------------------
@@ -238,18 +232,19 @@ def fold_batchnorm(module):
                 out.append(layers[i])
                 i += 1
         return Sequential(*out).eval()
-    if _Residual is not None and isinstance(module, _Residual):
+    if isinstance(module, Residual):
         shortcut = None if module.shortcut is None else fold_batchnorm(module.shortcut)
-        return _Residual(fold_batchnorm(module.body), shortcut).eval()
+        return Residual(fold_batchnorm(module.body), shortcut).eval()
     return module
 
 
 def _folded(conv, bn):
     f64 = lambda a: backend.to_numpy(a).astype(numpy.float64)  # noqa: E731
-    s = f64(bn.params["weight"]) / numpy.sqrt(f64(bn.buffers["running_var"]) + bn.eps)
+    gamma, beta = bn.gamma_beta()
+    s = f64(gamma) / numpy.sqrt(f64(bn.buffers["running_var"]) + bn.eps)
     w = f64(conv.params["weight"]) * s[:, None, None, None]
     b = f64(conv.params["bias"]) if "bias" in conv.params else 0.0
-    b = (b - f64(bn.buffers["running_mean"])) * s + f64(bn.params["bias"])
+    b = (b - f64(bn.buffers["running_mean"])) * s + f64(beta)
     fused = Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                    bias=True, dtype=conv.dtype)
     fused.params["weight"][...] = backend.to_device(w, conv.dtype)
@@ -305,9 +300,9 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
 
 
 def _dtype(module):
-    """The float type the net computes in: its first layer's."""
+    """The float type the net computes in: its parameters'."""
     if isinstance(module, Sequential):
-        return next((d for d in map(_dtype, module.layers) if d is not None), None)
+        return next((p.value.dtype for p in module.parameters()), None)
     return getattr(module, "dtype", None)
 
 

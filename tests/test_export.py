@@ -21,7 +21,7 @@ from gpucnn.trained import load_trained  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
 STANDARD_OPS = {"Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
-                "Gemm", "Add", "Softmax", "Identity"}
+                "Gemm", "Add", "Mul", "Softmax", "Identity"}
 
 
 def cli_models():

@@ -152,8 +152,8 @@ def test_old_checkpoint_without_shape_and_classes(tmp_path):
 
 
 @pytest.mark.parametrize("shape, words", [
-    ([1, 8.5, 8], "not three positive integers"),  # was silently truncated to 8
-    ([1, 10**6, 10**6], "too large for memory"),   # was a MemoryError traceback
+    ([1, 8.5, 8], "its saved run is damaged (input_shape is [1, 8.5, 8]"),  # was silently truncated to 8
+    ([1, 10**6, 10**6], "not three integers 1..65536"),   # was a MemoryError traceback
 ])
 def test_an_edited_input_shape_is_a_clear_error(tmp_path, capsys, shape, words):
     pytest.importorskip("sklearn")

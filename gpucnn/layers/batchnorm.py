@@ -89,7 +89,7 @@ class BatchNorm2d(Layer):
         xp = backend.get_array_module(x)
         n, c, h, w = x.shape
         m = n * h * w
-        gamma, beta = self._gamma_beta()
+        gamma, beta = self.gamma_beta()
         if self.training and self.reduce is not None:
             mean, var, m = _global_stats(x, self.reduce)  # m: the global count, on the device
             centred = None
@@ -132,7 +132,7 @@ class BatchNorm2d(Layer):
     def backward(self, dy):
         training, x, xhat, mean, invstd, y = self.saved()
         self.check_grad(dy, y)
-        gamma = self._gamma_beta()[0]
+        gamma = self.gamma_beta()[0]
         n, c, h, w = dy.shape
         m = n * h * w
         on_gpu = backend.is_cupy_array(dy)
@@ -160,7 +160,8 @@ class BatchNorm2d(Layer):
                 dx -= (scale * sum_dy / m)[:, None, None]
         return dx
 
-    def _gamma_beta(self):
+    def gamma_beta(self):
+        """(gamma, beta): the learned pair, or the constants 1 and 0 with affine=False."""
         store = self.params if self.affine else self._fixed
         return store["weight"], store["bias"]
 
