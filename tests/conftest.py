@@ -25,5 +25,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def on_cupy():
+    """The CuPy backend selected for one GPU test (NumPy again after it); its value is cupy."""
+    pytest.importorskip("cupy")
+    from gpucnn import backend
+
+    backend.select("cupy")
+    try:
+        yield backend.xp
+    finally:
+        backend.select("numpy")
+
+
+@pytest.fixture
 def rng():
     return numpy.random.default_rng(1234)

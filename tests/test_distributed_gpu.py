@@ -23,16 +23,6 @@ if not os.path.exists(MPIRUN):
     MPIRUN = shutil.which("mpirun") or MPIRUN
 
 
-@pytest.fixture
-def on_cupy():
-    pytest.importorskip("cupy")
-    backend.select("cupy")
-    try:
-        yield backend.xp
-    finally:
-        backend.select("numpy")
-
-
 def _nccl_version():
     from cupy.cuda import nccl
 

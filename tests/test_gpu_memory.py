@@ -5,7 +5,7 @@ import gc
 import numpy
 import pytest
 
-from gpucnn import backend, gemm, init, models
+from gpucnn import gemm, init, models
 from gpucnn.optim import SGD
 from gpucnn.train import make_step
 
@@ -13,13 +13,8 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture
-def cupy():
-    cupy = pytest.importorskip("cupy")
-    backend.select("cupy")
-    try:
-        yield cupy
-    finally:
-        backend.select("numpy")
+def cupy(on_cupy):
+    return on_cupy
 
 
 def _graphed(cupy, batch=64, shape=(3, 16, 16)):

@@ -15,16 +15,6 @@ from gpucnn.train import make_step
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture
-def on_cupy():
-    pytest.importorskip("cupy")
-    backend.select("cupy")
-    try:
-        yield backend.xp
-    finally:
-        backend.select("numpy")
-
-
 def _dropout_net(shape, classes):
     return Sequential(Conv2d(shape[0], 8, 3, padding=1), ReLU(), Dropout(0.3), GlobalAvgPool2d(), Flatten(),
                       Dropout(0.5), Linear(8, classes))

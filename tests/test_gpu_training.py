@@ -14,16 +14,6 @@ from gpucnn.train import make_step
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture
-def on_cupy():
-    pytest.importorskip("cupy")
-    backend.select("cupy")
-    try:
-        yield backend.xp
-    finally:
-        backend.select("numpy")
-
-
 def _batches(shape, batch, steps, seed=0):
     rng = numpy.random.default_rng(seed)
     return [(rng.standard_normal((batch, *shape)).astype(numpy.float32), rng.integers(0, 10, batch)) for _ in range(steps)]
