@@ -207,12 +207,12 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 sums = epoch_run.run(batches, first, interrupt, save_path)
             except _StopRequested:  # after a whole step; a second Ctrl-C stops without saving
                 step, sums = epoch_run.position()
-                distributed.average_buffers(comm, model)
+                _average_buffers(comm, model, ema)
                 checkpoint(epoch, step, sums)
                 log(f"interrupted at epoch {epoch + 1}, step {step}"
                     + (f"; checkpoint saved to {save_path} (continue with --resume {save_path})" if save_path else ""))
                 raise
-            distributed.average_buffers(comm, model)  # one model is evaluated and saved
+            _average_buffers(comm, model, ema)  # one model is evaluated and saved
             test_loss, test_acc, _ = evaluate(model, data.x_test, data.y_test, data.mean, data.std,
                                               classes=len(data.classes), tta=config.get("tta", False), comm=comm)
             row = {
@@ -235,6 +235,14 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
             if metrics_path and comm.rank == 0:
                 metrics.append(metrics_path, row)
     return history
+
+
+def _average_buffers(comm, model, ema):
+    """BatchNorm statistics averaged over ranks, in the net and in the EMA's copy of them
+    (copied each step from this rank's own: evaluated and saved, they must be the job's)."""
+    distributed.average_buffers(comm, model)
+    if ema is not None and comm.size > 1:
+        ema.copy_buffers()
 
 
 # What a checkpoint keeps of an unfinished epoch, so its metrics survive a resume.

@@ -465,3 +465,51 @@ def test_ranks_launched_with_different_runs_are_told_not_hung(tmp_path, mnist_np
                        capture_output=True, text=True, timeout=TIMEOUT, env=_env())
     assert r.returncode == 2, r.stderr
     assert "do not run the same training" in r.stderr and "rank 1" in r.stderr and "seed" in r.stderr
+
+
+RECIPE = ["--label-smoothing", "0.1", "--tta", "--ema", "0.9"]
+
+
+def _eval_loss(ckpt, *flags):
+    out = subprocess.run([sys.executable, WORKER, "eval", "--checkpoint", str(ckpt), *flags], capture_output=True,
+                         text=True, timeout=TIMEOUT, env=_env(GPUCNN_TEST_TINY_VGG="1"))
+    ok(out)
+    return float(out.stdout.split(": loss ")[1].split(",")[0])
+
+
+@needs_mpirun
+@needs_mnist
+def test_ema_and_tta_at_two_ranks_evaluate_and_save_one_model(tmp_path, mnist_npz, tiny_vgg):
+    """Per-rank BatchNorm: the EMA's copy of the running statistics is the ranks' average, as
+    the net's is, so the epoch line's ema_test_loss (sharded, with TTA) is what eval --ema
+    of the checkpoint measures in one process."""
+    import json
+
+    ckpt, log = tmp_path / "run.ckpt", tmp_path / "m.jsonl"
+    args = [*RUN, "--model", "vgg_bn", "--dataset", mnist_npz, "--epochs", "1", *RECIPE]
+    ok(mpirun(2, *args, "--save", str(ckpt), "--metrics-out", str(log), env=tiny_vgg))
+    saved = load_checkpoint(ckpt)
+    for key, live in saved["model_state"].items():
+        if "running" in key:
+            numpy.testing.assert_array_equal(saved["meta"]["ema"][key], live, err_msg=key)
+    row = json.loads(log.read_text().splitlines()[-1])
+    assert _eval_loss(ckpt) == pytest.approx(row["test_loss"], abs=1e-4)
+    assert _eval_loss(ckpt, "--ema") == pytest.approx(row["ema_test_loss"], abs=1e-4)
+
+
+@needs_mpirun
+@needs_mnist
+def test_recipe_run_stopped_at_two_ranks_resumed_at_three_equals_one_process(tmp_path, mnist_npz, tiny_vgg):
+    args = [*RUN, "--momentum", "0", "--lr", "0.02", "--model", "vgg_bn", "--dataset", mnist_npz, "--epochs", "2",
+            "--schedule", "onecycle", "--sync-bn", *RECIPE]
+    single(*args, "--save", str(tmp_path / "straight.ckpt"), env=tiny_vgg)
+    ok(mpirun(2, *args, "--stop-after", "1", "--save", str(tmp_path / "split.ckpt"), env=tiny_vgg))
+    r = ok(mpirun(3, "--no-progress", "--resume", str(tmp_path / "split.ckpt"), "--save", str(tmp_path / "split.ckpt"),
+                  env=tiny_vgg))
+    assert "resuming" in r.stdout and "ema_test_acc" in r.stdout
+    a, b = load_checkpoint(tmp_path / "straight.ckpt"), load_checkpoint(tmp_path / "split.ckpt")
+    assert {k: b["meta"]["config"][k] for k in ("label_smoothing", "tta", "ema", "schedule", "sync_bn")} == \
+        {"label_smoothing": 0.1, "tta": True, "ema": 0.9, "schedule": "onecycle", "sync_bn": True}
+    assert max_diff(tmp_path / "straight.ckpt", tmp_path / "split.ckpt") < 4 * TOL
+    assert max(float(numpy.abs(a["meta"]["ema"][k].astype(numpy.float64) - b["meta"]["ema"][k]).max())
+               for k in a["meta"]["ema"]) < 4 * TOL
