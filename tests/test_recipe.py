@@ -129,12 +129,13 @@ def test_eval_uses_tta_from_the_run_and_evaluates_the_ema(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--label-smoothing", "1.5"], "label_smoothing must be in"),
-    (["--ema", "1.0"], "--ema: the decay must be in"),
-    (["--schedule", "onecycle", "--peak-fraction", "0"], "peak_fraction must be in"),
+    (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1], got 1.5"),
+    (["--label-smoothing", "nan"], "--label-smoothing must be a finite number"),
+    (["--ema", "1.0"], "--ema must be in (0, 1), got 1.0"),
+    (["--schedule", "onecycle", "--peak-fraction", "0"], "--peak-fraction must be in (0, 1), got 0.0"),
 ])
-def test_bad_recipe_flags_fail_before_training(flags, message, capsys):
-    _digits()
-    assert cli.main(["train", *TINY, "--epochs", "1", "--no-save", *flags]) == 2
+def test_bad_recipe_flags_fail_before_the_data_loads(flags, message, tmp_path, capsys):
+    missing = tmp_path / "no-such-dir"  # loading would fail on it: the flag must be refused first
+    assert cli.main(["train", *TINY, "--dataset", "mnist", "--data-dir", str(missing), "--no-save", *flags]) == 2
     err = capsys.readouterr().err
-    assert message in err and "epoch" not in err
+    assert message in err and "no-such-dir" not in err, err
