@@ -33,7 +33,7 @@ class TrainStep:
     With an `ema` (gpucnn.ema.EMA), its average is updated after the optimiser, in the step.
     """
 
-    def __init__(self, model, optimizer, label_smoothing=0.0, ema=None, sync=None):
+    def __init__(self, model, optimizer, *, label_smoothing=0.0, ema=None, sync=None):
         self.model, self.optimizer, self.ema, self.sync = model, optimizer, ema, sync
         self.loss = SoftmaxCrossEntropy(label_smoothing, dtype=_dtype(model))
 
@@ -65,8 +65,8 @@ def _dtype(model):
     return next((p.value.dtype for p in model.parameters()), None)
 
 
-def make_step(model, optimizer, use_graph, label_smoothing=0.0, ema=None, sync=None):
-    step = TrainStep(model, optimizer, label_smoothing, ema, sync)
+def make_step(model, optimizer, use_graph, *, label_smoothing=0.0, ema=None, sync=None):
+    step = TrainStep(model, optimizer, label_smoothing=label_smoothing, ema=ema, sync=sync)
     if use_graph and backend.name() == "cupy":
         from gpucnn.graph import GraphedStep
 
@@ -165,7 +165,8 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     start = start or {"epoch": 0, "step": 0, **_ZERO_SUMS}
     comm = comm or distributed.Single()
     sync = distributed.GradientSync(comm, model, backend.xp) if comm.size > 1 else None
-    step_fn = make_step(model, optimizer, config.get("graph", True), config.get("label_smoothing", 0.0), ema, sync)
+    step_fn = make_step(model, optimizer, config.get("graph", True), label_smoothing=config.get("label_smoothing", 0.0),
+                        ema=ema, sync=sync)
     # Dropout masks are a function of the global step: a resumed run draws the straight run's.
     set_draws(model.leaves(), start["epoch"] * steps_per_epoch + start["step"])
     history = []

@@ -513,3 +513,15 @@ def test_recipe_run_stopped_at_two_ranks_resumed_at_three_equals_one_process(tmp
     assert max_diff(tmp_path / "straight.ckpt", tmp_path / "split.ckpt") < 4 * TOL
     assert max(float(numpy.abs(a["meta"]["ema"][k].astype(numpy.float64) - b["meta"]["ema"][k]).max())
                for k in a["meta"]["ema"]) < 4 * TOL
+
+
+@needs_mpirun
+def test_bench_dist_runs_its_three_cases(tmp_path):
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_dist.py"), "--models", "small",
+                        "--steps", "2", "--json", str(out)], capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "small" and row["grad_bytes"] == 4 * row["params"] and row["allreduce_ms"] > 0

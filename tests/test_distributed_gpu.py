@@ -35,7 +35,7 @@ def _run(batches, comm=None, use_graph=False):
     init.seed(0)
     model = models.build("lenet", (1, 28, 28), 10)
     sync = distributed.GradientSync(comm, model, backend.xp) if comm is not None else None
-    step = make_step(model, SGD(model.parameters(), lr=0.05, momentum=0.9), use_graph, sync)
+    step = make_step(model, SGD(model.parameters(), lr=0.05, momentum=0.9), use_graph, sync=sync)
     stream = getattr(step, "stream", None)
     backend.synchronize()
     if sync is not None:
