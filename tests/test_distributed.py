@@ -170,7 +170,8 @@ def test_distributed_flag_without_a_launcher_is_an_error(tmp_path):
     assert r.returncode == 2 and "--distributed" in r.stderr and "mpirun -n 2" in r.stderr, r.stderr
 
 
-def test_sync_bn_hook_gives_the_whole_batch_statistics():
+@pytest.mark.parametrize("affine", [True, False])
+def test_sync_bn_hook_gives_the_whole_batch_statistics(affine):
     """Two 'ranks' in threads, each a BatchNorm2d on its share, summing through a barrier:
     outputs, input gradients and summed parameter gradients equal one layer on the whole batch."""
     import threading
@@ -180,7 +181,7 @@ def test_sync_bn_hook_gives_the_whole_batch_statistics():
     rng = numpy.random.default_rng(5)
     x = rng.standard_normal((7, 3, 4, 5)) * 3 + 2
     dy = rng.standard_normal(x.shape)
-    whole = BatchNorm2d(3, dtype=numpy.float64)
+    whole = BatchNorm2d(3, affine=affine, dtype=numpy.float64)
     y_ref, dx_ref = whole.forward(x), whole.backward(dy)
     barrier, box = threading.Barrier(2), {}
 
@@ -193,7 +194,7 @@ def test_sync_bn_hook_gives_the_whole_batch_statistics():
     results = {}
 
     def rank_run(rank, lo, hi):
-        bn = BatchNorm2d(3, dtype=numpy.float64)
+        bn = BatchNorm2d(3, affine=affine, dtype=numpy.float64)
         bn.reduce = functools.partial(reduce, rank=rank)
         results[rank] = (bn.forward(x[lo:hi]), bn.backward(dy[lo:hi]), bn.grads, bn.running_var.copy())
 
@@ -204,7 +205,8 @@ def test_sync_bn_hook_gives_the_whole_batch_statistics():
         t.join(10)
     numpy.testing.assert_allclose(numpy.concatenate([results[0][0], results[1][0]]), y_ref, rtol=1e-10, atol=1e-12)
     numpy.testing.assert_allclose(numpy.concatenate([results[0][1], results[1][1]]), dx_ref, rtol=1e-9, atol=1e-12)
-    for name in ("weight", "bias"):
+    assert set(results[0][2]) == set(whole.grads) == ({"weight", "bias"} if affine else set())
+    for name in whole.grads:
         numpy.testing.assert_allclose(results[0][2][name] + results[1][2][name], whole.grads[name], rtol=1e-10)
     numpy.testing.assert_allclose(results[0][3], whole.running_var, rtol=1e-12)
 
