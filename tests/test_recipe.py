@@ -139,3 +139,19 @@ def test_bad_recipe_flags_fail_before_the_data_loads(flags, message, tmp_path, c
     assert cli.main(["train", *TINY, "--dataset", "mnist", "--data-dir", str(missing), "--no-save", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and "no-such-dir" not in err, err
+
+
+def test_ema_starts_from_the_init_from_weights(tmp_path):
+    _digits()
+    from safetensors.numpy import save_file
+
+    init.seed(1)  # weights unlike those the run's seed 0 draws
+    start = models.build("small", (1, 8, 8), 10).state_dict()
+    save_file(start, str(tmp_path / "w.safetensors"))
+    ckpt = tmp_path / "r.ckpt"
+    # lr 0: the weights stay where they start, so must their average
+    assert cli.main(["train", *TINY, "--epochs", "1", "--lr", "0", "--ema", "0.5", "--init-from",
+                     str(tmp_path / "w.safetensors"), "--save", str(ckpt)]) == 0
+    saved = load_checkpoint(ckpt)["meta"]["ema"]
+    for k, v in start.items():
+        numpy.testing.assert_array_equal(saved[k], v, err_msg=k)
