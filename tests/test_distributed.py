@@ -527,3 +527,26 @@ def test_bench_dist_runs_its_three_cases(tmp_path):
 
     (row,) = json.loads(out.read_text())
     assert row["model"] == "small" and row["grad_bytes"] == 4 * row["params"] and row["allreduce_ms"] > 0
+
+
+def test_dropout_masks_of_the_shares_are_slices_of_the_whole_batch_mask(rng):
+    """Each rank's Dropout mask counts its elements from the rank's first row in the global
+    batch (GradientSync.announce sets it), so the ranks together drop what one process drops."""
+    from gpucnn import distributed
+    from gpucnn.data.batches import share
+    from gpucnn.layers import Dropout, Linear
+    from gpucnn.sequential import Sequential
+
+    x = rng.standard_normal((7, 5)).astype(numpy.float32)
+    whole = Dropout(0.5, seed=11).forward(x)
+    rank_of_three = type("Rank", (distributed.Single,), {"rank": 1, "size": 3})()
+    model = Sequential(Linear(5, 5), Dropout(0.5, seed=11))
+    sync = distributed.GradientSync(rank_of_three, model, numpy)
+    one = numpy.zeros(1, dtype=numpy.int64)
+    batches = [(x[:1], one), (x[:1], one)]  # global batches of 4 and 2: rank 1 takes row 2, then row 1
+    starts = [int(model[1].first_row) for _ in sync.announce(iter(batches), 6, 4, 0, None)]
+    assert starts == [2, 1]
+    for lo, hi in (share(7, r, 3) for r in range(3)):
+        layer = Dropout(0.5, seed=11)
+        layer.first_row[...] = lo
+        numpy.testing.assert_array_equal(layer.forward(x[lo:hi]), whole[lo:hi])
