@@ -155,3 +155,10 @@ def test_ema_starts_from_the_init_from_weights(tmp_path):
     saved = load_checkpoint(ckpt)["meta"]["ema"]
     for k, v in start.items():
         numpy.testing.assert_array_equal(saved[k], v, err_msg=k)
+
+
+def test_a_missing_init_from_file_is_told_before_the_data_loads(tmp_path, capsys):
+    assert cli.main(["train", *TINY, "--dataset", "mnist", "--data-dir", str(tmp_path / "no-such-dir"), "--no-save",
+                     "--ema", "0.9", "--init-from", str(tmp_path / "w.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "no such file" in err and "no-such-dir" not in err, err
