@@ -245,6 +245,10 @@ def _train(args, comm):
     config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
     save, metrics_out = validate.check_train_outputs(args, config)
+    if args.init_from:
+        from gpucnn.init_from import check_source
+
+        check_source(args.init_from)  # a missing file is told before the data loads
     done = validate.finished(start, config, args.stop_after, args.resume)
     if done:
         print(done)

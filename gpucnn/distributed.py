@@ -485,8 +485,10 @@ class GradientSync:
         self.grad_scale = xp.ones((), dtype=first.dtype)
         self.inv_count = xp.ones((), dtype=first.dtype)
         self.stop_flag = xp.zeros((), dtype=first.dtype)
-        self._scale_host = self._count = None
+        self._scale_host = self._count = self._first_row = None
         self._stopping = False
+        # layers whose random draws depend on the row's place in the global batch (Dropout)
+        self.row_dependent = [leaf for leaf in model.leaves() if hasattr(leaf, "first_row")]
 
     @property
     def nbytes(self):
@@ -494,7 +496,10 @@ class GradientSync:
 
     def announce(self, batches, n, batch_size, first, interrupt):
         """Yield `batches` (this rank's shares, from global batch `first` on), setting for each
-        the global batch size and this rank's gradient scale, and the Ctrl-C flag once seen."""
+        the global batch size, this rank's gradient scale and first row (for Dropout's masks),
+        and the Ctrl-C flag once seen."""
+        from gpucnn.data.batches import share
+
         for k, (xb, yb) in enumerate(batches, start=first):
             count = min(batch_size, n - k * batch_size)
             scale = len(yb) / count
@@ -504,6 +509,11 @@ class GradientSync:
             if count != self._count:
                 self._count = count
                 self.inv_count[...] = 1.0 / count
+            first_row = share(count, self.comm.rank, self.comm.size)[0]
+            if self.row_dependent and first_row != self._first_row:
+                self._first_row = first_row
+                for layer in self.row_dependent:
+                    layer.first_row[...] = first_row
             if interrupt is not None and interrupt.requested and not self._stopping:
                 self._stopping = True
                 self.stop_flag[...] = 1

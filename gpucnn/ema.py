@@ -40,6 +40,10 @@ class EMA:
             else:
                 shadow *= d
                 shadow += (1.0 - d) * live
+        self.copy_buffers()
+
+    def copy_buffers(self):
+        """shadow <- buffer for every buffer (also after the trainer averages them over ranks)."""
         for _, live, shadow in self.copied:
             shadow[...] = live
 

@@ -20,18 +20,25 @@ class InitFromError(GpucnnError, ValueError):
     """--init-from names a file whose weights cannot be read or do not fit the model."""
 
 
-def read_weights(path):
-    """{key: NumPy array} from a .safetensors or PyTorch state_dict file."""
+def check_source(path):
+    """InitFromError unless `path` is a regular file of a known weights format (at start-up,
+    before the data loads); returns the path as a string."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise InitFromError(f"--init-from {path}: " + ("not a regular file (a folder, FIFO or device)"
                                                         if os.path.exists(path) else "no such file"))
+    if not path.lower().endswith((".safetensors", *TORCH_SUFFIXES)):
+        raise InitFromError(f"--init-from {path}: unknown weights format; expected .safetensors or a PyTorch "
+                            f"state_dict ({', '.join(TORCH_SUFFIXES)})")
+    return path
+
+
+def read_weights(path):
+    """{key: NumPy array} from a .safetensors or PyTorch state_dict file."""
+    path = check_source(path)
     if path.lower().endswith(".safetensors"):
         return _read_safetensors(path)
-    if path.lower().endswith(TORCH_SUFFIXES):
-        return _read_torch(path)
-    raise InitFromError(f"--init-from {path}: unknown weights format; expected .safetensors or a PyTorch "
-                        f"state_dict ({', '.join(TORCH_SUFFIXES)})")
+    return _read_torch(path)
 
 
 def _read_safetensors(path):

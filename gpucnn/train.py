@@ -33,7 +33,7 @@ class TrainStep:
     With an `ema` (gpucnn.ema.EMA), its average is updated after the optimiser, in the step.
     """
 
-    def __init__(self, model, optimizer, label_smoothing=0.0, ema=None, sync=None):
+    def __init__(self, model, optimizer, *, label_smoothing=0.0, ema=None, sync=None):
         self.model, self.optimizer, self.ema, self.sync = model, optimizer, ema, sync
         self.loss = SoftmaxCrossEntropy(label_smoothing, dtype=_dtype(model))
 
@@ -65,8 +65,8 @@ def _dtype(model):
     return next((p.value.dtype for p in model.parameters()), None)
 
 
-def make_step(model, optimizer, use_graph, label_smoothing=0.0, ema=None, sync=None):
-    step = TrainStep(model, optimizer, label_smoothing, ema, sync)
+def make_step(model, optimizer, use_graph, *, label_smoothing=0.0, ema=None, sync=None):
+    step = TrainStep(model, optimizer, label_smoothing=label_smoothing, ema=ema, sync=sync)
     if use_graph and backend.name() == "cupy":
         from gpucnn.graph import GraphedStep
 
@@ -165,7 +165,8 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     start = start or {"epoch": 0, "step": 0, **_ZERO_SUMS}
     comm = comm or distributed.Single()
     sync = distributed.GradientSync(comm, model, backend.xp) if comm.size > 1 else None
-    step_fn = make_step(model, optimizer, config.get("graph", True), config.get("label_smoothing", 0.0), ema, sync)
+    step_fn = make_step(model, optimizer, config.get("graph", True), label_smoothing=config.get("label_smoothing", 0.0),
+                        ema=ema, sync=sync)
     # Dropout masks are a function of the global step: a resumed run draws the straight run's.
     set_draws(model.leaves(), start["epoch"] * steps_per_epoch + start["step"])
     history = []
@@ -207,12 +208,12 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 sums = epoch_run.run(batches, first, interrupt, save_path)
             except _StopRequested:  # after a whole step; a second Ctrl-C stops without saving
                 step, sums = epoch_run.position()
-                distributed.average_buffers(comm, model)
+                _average_buffers(comm, model, ema)
                 checkpoint(epoch, step, sums)
                 log(f"interrupted at epoch {epoch + 1}, step {step}"
                     + (f"; checkpoint saved to {save_path} (continue with --resume {save_path})" if save_path else ""))
                 raise
-            distributed.average_buffers(comm, model)  # one model is evaluated and saved
+            _average_buffers(comm, model, ema)  # one model is evaluated and saved
             test_loss, test_acc, _ = evaluate(model, data.x_test, data.y_test, data.mean, data.std,
                                               classes=len(data.classes), tta=config.get("tta", False), comm=comm)
             row = {
@@ -235,6 +236,14 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
             if metrics_path and comm.rank == 0:
                 metrics.append(metrics_path, row)
     return history
+
+
+def _average_buffers(comm, model, ema):
+    """BatchNorm statistics averaged over ranks, in the net and in the EMA's copy of them
+    (copied each step from this rank's own: evaluated and saved, they must be the job's)."""
+    distributed.average_buffers(comm, model)
+    if ema is not None and comm.size > 1:
+        ema.copy_buffers()
 
 
 # What a checkpoint keeps of an unfinished epoch, so its metrics survive a resume.

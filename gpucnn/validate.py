@@ -23,7 +23,12 @@ SETTINGS = {
     "lr": ("float", 0), "momentum": ("float", 0), "nesterov": ("bool?", None), "weight_decay": ("float?", 0),
     "schedule": ("str", None), "warmup_steps": ("int", 0), "step_size": ("int", 1), "gamma": ("float", 0),
     "min_lr": ("float", 0), "seed": ("int", 0), "augment": ("bool?", None), "graph": ("bool?", None),
+    "label_smoothing": ("float", 0), "peak_fraction": ("float", 0), "tta": ("bool?", None), "ema": ("float?", None),
+    "sync_bn": ("bool?", None),
 }
+# Upper ends of the recipe's settings, each (low, high, whether the ends are allowed), as the
+# loss, the EMA and the schedule check them; peak_fraction matters only to onecycle.
+RANGES = {"label_smoothing": (0.0, 1.0, True), "ema": (0.0, 1.0, False), "peak_fraction": (0.0, 1.0, False)}
 # What a checkpoint's configuration must hold; the rest take TRAIN_DEFAULTS when absent.
 REQUIRED = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "schedule", "seed")
 # A checkpoint's position in its run: key -> kind, all >= 0.
@@ -63,6 +68,14 @@ def check_train_settings(config, stop_after=None):
             problem = setting_problem(key, value)
             if problem:
                 raise GpucnnError(f"{_flag(key)} {problem}")
+    for key, (low, high, closed) in RANGES.items():
+        value = config.get(key)
+        if value is None or key == "peak_fraction" and config.get("schedule") != "onecycle":
+            continue
+        inside = low <= value <= high if closed else low < value < high
+        if not inside:
+            ends = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
+            raise GpucnnError(f"{_flag(key)} must be in {ends}, got {value}")
     if stop_after is not None and stop_after < 1:
         raise GpucnnError(f"--stop-after must be at least 1, got {stop_after}")
 

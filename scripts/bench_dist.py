@@ -15,6 +15,7 @@ timed alone on the flat gradient buffer, at 2 ranks, median of 30.
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -43,7 +44,7 @@ def worker(model_name, batch, steps):
     model = models.build(model_name, SHAPES[model_name], 10)
     optimizer = make_optimizer("sgd", model.parameters(), lr=0.01, momentum=0.9, nesterov=False, weight_decay=None)
     sync = distributed.GradientSync(comm, model, backend.xp) if comm.size > 1 else None
-    step = TrainStep(model, optimizer, sync)
+    step = TrainStep(model, optimizer, sync=sync)
     rng = numpy.random.default_rng(comm.rank)
     lo, hi = share(batch, comm.rank, comm.size)
     x = rng.standard_normal((hi - lo, *SHAPES[model_name])).astype(numpy.float32)
@@ -98,7 +99,9 @@ def main():
     args = p.parse_args()
     if args.worker:
         return worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
-    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    mpirun = os.path.join(os.path.dirname(sys.executable), "mpirun")  # the mpich wheel's; else PATH's
+    if not os.path.exists(mpirun):
+        mpirun = shutil.which("mpirun") or mpirun
     me = [sys.executable, os.path.abspath(__file__)]
     rows = []
     print(f"load average before: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")

@@ -170,7 +170,8 @@ def test_distributed_flag_without_a_launcher_is_an_error(tmp_path):
     assert r.returncode == 2 and "--distributed" in r.stderr and "mpirun -n 2" in r.stderr, r.stderr
 
 
-def test_sync_bn_hook_gives_the_whole_batch_statistics():
+@pytest.mark.parametrize("affine", [True, False])
+def test_sync_bn_hook_gives_the_whole_batch_statistics(affine):
     """Two 'ranks' in threads, each a BatchNorm2d on its share, summing through a barrier:
     outputs, input gradients and summed parameter gradients equal one layer on the whole batch."""
     import threading
@@ -180,7 +181,7 @@ def test_sync_bn_hook_gives_the_whole_batch_statistics():
     rng = numpy.random.default_rng(5)
     x = rng.standard_normal((7, 3, 4, 5)) * 3 + 2
     dy = rng.standard_normal(x.shape)
-    whole = BatchNorm2d(3, dtype=numpy.float64)
+    whole = BatchNorm2d(3, affine=affine, dtype=numpy.float64)
     y_ref, dx_ref = whole.forward(x), whole.backward(dy)
     barrier, box = threading.Barrier(2), {}
 
@@ -193,7 +194,7 @@ def test_sync_bn_hook_gives_the_whole_batch_statistics():
     results = {}
 
     def rank_run(rank, lo, hi):
-        bn = BatchNorm2d(3, dtype=numpy.float64)
+        bn = BatchNorm2d(3, affine=affine, dtype=numpy.float64)
         bn.reduce = functools.partial(reduce, rank=rank)
         results[rank] = (bn.forward(x[lo:hi]), bn.backward(dy[lo:hi]), bn.grads, bn.running_var.copy())
 
@@ -204,7 +205,8 @@ def test_sync_bn_hook_gives_the_whole_batch_statistics():
         t.join(10)
     numpy.testing.assert_allclose(numpy.concatenate([results[0][0], results[1][0]]), y_ref, rtol=1e-10, atol=1e-12)
     numpy.testing.assert_allclose(numpy.concatenate([results[0][1], results[1][1]]), dx_ref, rtol=1e-9, atol=1e-12)
-    for name in ("weight", "bias"):
+    assert set(results[0][2]) == set(whole.grads) == ({"weight", "bias"} if affine else set())
+    for name in whole.grads:
         numpy.testing.assert_allclose(results[0][2][name] + results[1][2][name], whole.grads[name], rtol=1e-10)
     numpy.testing.assert_allclose(results[0][3], whole.running_var, rtol=1e-12)
 
@@ -465,3 +467,86 @@ def test_ranks_launched_with_different_runs_are_told_not_hung(tmp_path, mnist_np
                        capture_output=True, text=True, timeout=TIMEOUT, env=_env())
     assert r.returncode == 2, r.stderr
     assert "do not run the same training" in r.stderr and "rank 1" in r.stderr and "seed" in r.stderr
+
+
+RECIPE = ["--label-smoothing", "0.1", "--tta", "--ema", "0.9"]
+
+
+def _eval_loss(ckpt, *flags):
+    out = subprocess.run([sys.executable, WORKER, "eval", "--checkpoint", str(ckpt), *flags], capture_output=True,
+                         text=True, timeout=TIMEOUT, env=_env(GPUCNN_TEST_TINY_VGG="1"))
+    ok(out)
+    return float(out.stdout.split(": loss ")[1].split(",")[0])
+
+
+@needs_mpirun
+@needs_mnist
+def test_ema_and_tta_at_two_ranks_evaluate_and_save_one_model(tmp_path, mnist_npz, tiny_vgg):
+    """Per-rank BatchNorm: the EMA's copy of the running statistics is the ranks' average, as
+    the net's is, so the epoch line's ema_test_loss (sharded, with TTA) is what eval --ema
+    of the checkpoint measures in one process."""
+    import json
+
+    ckpt, log = tmp_path / "run.ckpt", tmp_path / "m.jsonl"
+    args = [*RUN, "--model", "vgg_bn", "--dataset", mnist_npz, "--epochs", "1", *RECIPE]
+    ok(mpirun(2, *args, "--save", str(ckpt), "--metrics-out", str(log), env=tiny_vgg))
+    saved = load_checkpoint(ckpt)
+    for key, live in saved["model_state"].items():
+        if "running" in key:
+            numpy.testing.assert_array_equal(saved["meta"]["ema"][key], live, err_msg=key)
+    row = json.loads(log.read_text().splitlines()[-1])
+    assert _eval_loss(ckpt) == pytest.approx(row["test_loss"], abs=1e-4)
+    assert _eval_loss(ckpt, "--ema") == pytest.approx(row["ema_test_loss"], abs=1e-4)
+
+
+@needs_mpirun
+@needs_mnist
+def test_recipe_run_stopped_at_two_ranks_resumed_at_three_equals_one_process(tmp_path, mnist_npz, tiny_vgg):
+    args = [*RUN, "--momentum", "0", "--lr", "0.02", "--model", "vgg_bn", "--dataset", mnist_npz, "--epochs", "2",
+            "--schedule", "onecycle", "--sync-bn", *RECIPE]
+    single(*args, "--save", str(tmp_path / "straight.ckpt"), env=tiny_vgg)
+    ok(mpirun(2, *args, "--stop-after", "1", "--save", str(tmp_path / "split.ckpt"), env=tiny_vgg))
+    r = ok(mpirun(3, "--no-progress", "--resume", str(tmp_path / "split.ckpt"), "--save", str(tmp_path / "split.ckpt"),
+                  env=tiny_vgg))
+    assert "resuming" in r.stdout and "ema_test_acc" in r.stdout
+    a, b = load_checkpoint(tmp_path / "straight.ckpt"), load_checkpoint(tmp_path / "split.ckpt")
+    assert {k: b["meta"]["config"][k] for k in ("label_smoothing", "tta", "ema", "schedule", "sync_bn")} == \
+        {"label_smoothing": 0.1, "tta": True, "ema": 0.9, "schedule": "onecycle", "sync_bn": True}
+    assert max_diff(tmp_path / "straight.ckpt", tmp_path / "split.ckpt") < 4 * TOL
+    assert max(float(numpy.abs(a["meta"]["ema"][k].astype(numpy.float64) - b["meta"]["ema"][k]).max())
+               for k in a["meta"]["ema"]) < 4 * TOL
+
+
+@needs_mpirun
+def test_bench_dist_runs_its_three_cases(tmp_path):
+    out = tmp_path / "b.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_dist.py"), "--models", "small",
+                        "--steps", "2", "--json", str(out)], capture_output=True, text=True, timeout=TIMEOUT, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+
+    (row,) = json.loads(out.read_text())
+    assert row["model"] == "small" and row["grad_bytes"] == 4 * row["params"] and row["allreduce_ms"] > 0
+
+
+def test_dropout_masks_of_the_shares_are_slices_of_the_whole_batch_mask(rng):
+    """Each rank's Dropout mask counts its elements from the rank's first row in the global
+    batch (GradientSync.announce sets it), so the ranks together drop what one process drops."""
+    from gpucnn import distributed
+    from gpucnn.data.batches import share
+    from gpucnn.layers import Dropout, Linear
+    from gpucnn.sequential import Sequential
+
+    x = rng.standard_normal((7, 5)).astype(numpy.float32)
+    whole = Dropout(0.5, seed=11).forward(x)
+    rank_of_three = type("Rank", (distributed.Single,), {"rank": 1, "size": 3})()
+    model = Sequential(Linear(5, 5), Dropout(0.5, seed=11))
+    sync = distributed.GradientSync(rank_of_three, model, numpy)
+    one = numpy.zeros(1, dtype=numpy.int64)
+    batches = [(x[:1], one), (x[:1], one)]  # global batches of 4 and 2: rank 1 takes row 2, then row 1
+    starts = [int(model[1].first_row) for _ in sync.announce(iter(batches), 6, 4, 0, None)]
+    assert starts == [2, 1]
+    for lo, hi in (share(7, r, 3) for r in range(3)):
+        layer = Dropout(0.5, seed=11)
+        layer.first_row[...] = lo
+        numpy.testing.assert_array_equal(layer.forward(x[lo:hi]), whole[lo:hi])

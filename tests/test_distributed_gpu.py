@@ -35,7 +35,7 @@ def _run(batches, comm=None, use_graph=False):
     init.seed(0)
     model = models.build("lenet", (1, 28, 28), 10)
     sync = distributed.GradientSync(comm, model, backend.xp) if comm is not None else None
-    step = make_step(model, SGD(model.parameters(), lr=0.05, momentum=0.9), use_graph, sync)
+    step = make_step(model, SGD(model.parameters(), lr=0.05, momentum=0.9), use_graph, sync=sync)
     stream = getattr(step, "stream", None)
     backend.synchronize()
     if sync is not None:
@@ -95,3 +95,18 @@ def test_two_ranks_on_one_gpu_equal_one_process(on_cupy, tmp_path):
     a, b = load_checkpoint(tmp_path / "cpu.ckpt")["model_state"], load_checkpoint(tmp_path / "gpu.ckpt")["model_state"]
     for k in a:
         numpy.testing.assert_allclose(b[k], a[k], rtol=1e-3, atol=2e-4, err_msg=k)
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_batchnorm_on_an_empty_share(on_cupy, sync):
+    """A rank whose share of the last batch is empty still runs BatchNorm's forward and
+    backward (per-rank: m = 0; --sync-bn: the other ranks' count)."""
+    from gpucnn.layers import BatchNorm2d
+
+    bn = BatchNorm2d(3)
+    if sync:
+        bn.reduce = lambda buf: buf.__setitem__(-1, 4) if buf.size % 2 else None  # another rank had 4 values
+    x = backend.to_device(numpy.zeros((0, 3, 2, 2), numpy.float32))
+    y = bn.forward(x)
+    dx = bn.backward(y)
+    assert dx.shape == x.shape and numpy.isfinite(backend.to_numpy(bn.running_var)).all()

@@ -129,12 +129,36 @@ def test_eval_uses_tta_from_the_run_and_evaluates_the_ema(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--label-smoothing", "1.5"], "label_smoothing must be in"),
-    (["--ema", "1.0"], "--ema: the decay must be in"),
-    (["--schedule", "onecycle", "--peak-fraction", "0"], "peak_fraction must be in"),
+    (["--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1], got 1.5"),
+    (["--label-smoothing", "nan"], "--label-smoothing must be a finite number"),
+    (["--ema", "1.0"], "--ema must be in (0, 1), got 1.0"),
+    (["--schedule", "onecycle", "--peak-fraction", "0"], "--peak-fraction must be in (0, 1), got 0.0"),
 ])
-def test_bad_recipe_flags_fail_before_training(flags, message, capsys):
-    _digits()
-    assert cli.main(["train", *TINY, "--epochs", "1", "--no-save", *flags]) == 2
+def test_bad_recipe_flags_fail_before_the_data_loads(flags, message, tmp_path, capsys):
+    missing = tmp_path / "no-such-dir"  # loading would fail on it: the flag must be refused first
+    assert cli.main(["train", *TINY, "--dataset", "mnist", "--data-dir", str(missing), "--no-save", *flags]) == 2
     err = capsys.readouterr().err
-    assert message in err and "epoch" not in err
+    assert message in err and "no-such-dir" not in err, err
+
+
+def test_ema_starts_from_the_init_from_weights(tmp_path):
+    _digits()
+    from safetensors.numpy import save_file
+
+    init.seed(1)  # weights unlike those the run's seed 0 draws
+    start = models.build("small", (1, 8, 8), 10).state_dict()
+    save_file(start, str(tmp_path / "w.safetensors"))
+    ckpt = tmp_path / "r.ckpt"
+    # lr 0: the weights stay where they start, so must their average
+    assert cli.main(["train", *TINY, "--epochs", "1", "--lr", "0", "--ema", "0.5", "--init-from",
+                     str(tmp_path / "w.safetensors"), "--save", str(ckpt)]) == 0
+    saved = load_checkpoint(ckpt)["meta"]["ema"]
+    for k, v in start.items():
+        numpy.testing.assert_array_equal(saved[k], v, err_msg=k)
+
+
+def test_a_missing_init_from_file_is_told_before_the_data_loads(tmp_path, capsys):
+    assert cli.main(["train", *TINY, "--dataset", "mnist", "--data-dir", str(tmp_path / "no-such-dir"), "--no-save",
+                     "--ema", "0.9", "--init-from", str(tmp_path / "w.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "--init-from" in err and "no such file" in err and "no-such-dir" not in err, err

@@ -148,14 +148,15 @@ class BatchNorm2d(Layer):
         if on_gpu:
             ew, index = _elementwise_for(dy)
             if training:
+                # m = 0: an empty data-parallel share (nothing to compute, but 1 / 0 would raise)
                 dx = ew.dx_train(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, index(h * w), index(c),
-                                 x.dtype.type(1.0 / m))
+                                 x.dtype.type(1.0 / m if m else 0.0))
             else:
                 dx = ew.dx_eval(dy, invstd, gamma, index(h * w), index(c))
         else:
             scale = gamma * invstd
             dx = dy * scale[:, None, None]
-            if training:  # dx = scale * dy - (scale / M) * (sum_dy + xhat * sum_dy_xhat)
+            if training and m:  # dx = scale * dy - (scale / M) * (sum_dy + xhat * sum_dy_xhat)
                 dx -= xhat * (scale * sum_dy_xhat / m)[:, None, None]
                 dx -= (scale * sum_dy / m)[:, None, None]
         return dx

@@ -10,7 +10,9 @@ read back, and no generator state is kept beyond `draws`, a 0-d int64 device arr
 each training forward reads and then increments in place. A CUDA graph that captured one
 step therefore replays with the draw number the array holds at replay time, a fresh mask
 each step, and a run resumed at global step t sets `draws` to t (see `set_draws`) and
-draws exactly the masks the straight run drew. `seed` is a host int, fixed when the layer
+draws exactly the masks the straight run drew. Data-parallel, the element index counts from
+the rank's first row in the global batch (`first_row`), so the ranks' masks are the slices of
+the one process's mask, not one mask repeated on every rank. `seed` is a host int, fixed when the layer
 is made (drawn from gpucnn.init's seeded generator unless given), baked into a captured graph.
 """
 import numpy
@@ -29,12 +31,17 @@ def _mix(z):
     return z ^ (z >> _U64(31))
 
 
-def keep_mask(seed, draws, shape, p, xp):
-    """Boolean mask (True = kept) of `shape` for this seed and draw number (a device array)."""
+def keep_mask(seed, draws, shape, p, xp, first_row=None):
+    """Boolean mask (True = kept) of `shape` for this seed and draw number (a device array).
+    `first_row` (a device array): the batch is rows first_row.. of a larger one, whose mask
+    this is the slice of (a data-parallel rank's share of the global batch)."""
     n = int(numpy.prod(shape))
     # 1-element arrays, not 0-d: NumPy's scalar arithmetic would warn on the intended wrap-around.
     key = _mix(draws.reshape(1).astype(xp.uint64) * _GOLDEN + _U64(seed % 2**64))
-    bits = _mix(xp.arange(n, dtype=xp.uint64) * _GOLDEN ^ _mix(key))
+    index = xp.arange(n, dtype=xp.uint64)
+    if first_row is not None and n:
+        index += first_row.reshape(1).astype(xp.uint64) * _U64(n // shape[0])
+    bits = _mix(index * _GOLDEN ^ _mix(key))
     threshold = _U64(min(int(round(p * 2**32)), 2**32))
     return ((bits >> _U64(32)) >= threshold).reshape(shape)
 
@@ -47,6 +54,8 @@ class Dropout(Layer):
         self.p = float(p)
         self.seed = int(init.integer_seed() if seed is None else seed)
         self.draws = backend.to_device(numpy.array(0, dtype=numpy.int64))
+        # Data-parallel: where this rank's share starts in the global batch (the trainer sets it).
+        self.first_row = backend.to_device(numpy.array(0, dtype=numpy.int64))
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -57,7 +66,7 @@ class Dropout(Layer):
             self.save(None, x)
             return x
         xp = backend.get_array_module(x)
-        mask = keep_mask(self.seed, self.draws, x.shape, self.p, xp).astype(x.dtype)
+        mask = keep_mask(self.seed, self.draws, x.shape, self.p, xp, self.first_row).astype(x.dtype)
         mask *= x.dtype.type(1.0 / (1.0 - self.p))
         self.draws += 1  # in place, on the device: a graph replay advances it too
         y = x * mask
