@@ -60,9 +60,9 @@ def _train_parser(sub):
                    help="capture each training step in a CUDA graph on the cupy backend (default: on; env GPUCNN_GRAPH=0 turns it off)")
     p.add_argument("--stop-after", type=int, metavar="N",
                    help="stop after epoch N, checkpointed, though the schedule spans --epochs; continue with --resume (default: run to --epochs)")
-    p.add_argument("--save", default="runs/last.ckpt",
+    p.add_argument("--save",
                    help="checkpoint written after every epoch and on Ctrl-C or SIGTERM; may only replace a gpucnn checkpoint, "
-                        "its directory is created if missing (default: runs/last.ckpt)")
+                        "its directory is created if missing (default: runs/last.ckpt; with --resume, the checkpoint resumed)")
     p.add_argument("--no-save", action="store_true", help="write no checkpoint")
     p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (its configuration is used; --epochs may extend it)")
     p.add_argument("--init-from", metavar="FILE",
@@ -199,12 +199,16 @@ def _config(args):
     from gpucnn.errors import GpucnnError
 
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    if _is_path(given.get("dataset")):  # saved absolute, so a resume or eval from elsewhere finds it
+        given["dataset"] = os.path.abspath(given["dataset"])
     config, start, ckpt = dict(TRAIN_DEFAULTS), None, None
     if args.resume:
         ckpt = load_checkpoint(args.resume)
         validate.check_saved_run(ckpt, args.resume, for_resume=True)
         saved = ckpt["meta"]["config"]
         for key, value in given.items():
+            if key == "dataset" and _is_path(saved[key]) and _same_or_moved(saved[key], value):
+                continue  # the same file by another path, or a file moved since (its shape is checked later)
             if key not in RESUMABLE and key in saved and saved[key] != value:
                 raise GpucnnError(f"{args.resume} was trained with --{key.replace('_', '-')} {saved[key]}, not {value}; "
                                   f"drop the flag or start a new run")
@@ -216,6 +220,16 @@ def _config(args):
     if config["augment"] is None:
         config["augment"] = config["dataset"] == "cifar10"
     return config, start, ckpt
+
+
+def _is_path(dataset):
+    return isinstance(dataset, str) and (dataset.lower().endswith(".npz") or os.sep in dataset)
+
+
+def _same_or_moved(saved, given):
+    if not os.path.exists(saved):
+        return True
+    return os.path.exists(given) and os.path.samefile(saved, given)
 
 
 def cmd_train(args):
@@ -293,6 +307,10 @@ def _train(args, comm):
           f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
           f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else "")
           + (f", {comm.size} ranks (global batch {config['batch_size']})" if comm.size > 1 else ""))
+    if metrics_out and ckpt is None:
+        from gpucnn import metrics
+
+        metrics.start(metrics_out)  # a new run's metrics replace an earlier run's; a resume appends
     try:
         fit(model, optimizer, schedule, data, config, start=start, save_path=save,
             metrics_path=metrics_out, progress=not args.no_progress and comm.rank == 0,

@@ -10,7 +10,7 @@ import math
 import os
 
 from gpucnn.errors import GpucnnError
-from gpucnn.outputs import OutputWriteError
+from gpucnn.outputs import OutputWriteError, write_atomically
 
 KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
 MAX_LINE = 1 << 20  # one epoch's row is a few hundred bytes
@@ -24,6 +24,14 @@ def encode(row):
     """One line of strict JSON for `row`; non-finite floats become null."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
     return json.dumps(clean, allow_nan=False) + "\n"
+
+
+def start(path):
+    """Empty the metrics file at `path` (a new run's; check_output has made sure it is ours)."""
+    try:
+        write_atomically(path, lambda f: None)
+    except OSError as e:
+        raise OutputWriteError(f"{path}: cannot write the metrics file: {e.strerror or e}") from None
 
 
 def append(path, row):

@@ -49,6 +49,12 @@ def check_output(path, *, what, is_ours):
         raise OutputError(f"{path}: cannot create the directory {directory} for the {what}: {e.strerror}") from None
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: the directory {directory} is not writable; cannot write the {what}")
+    try:  # access() says yes to root everywhere, and to places like /proc: try the real thing
+        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(real)}.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{path}: cannot create a file in {directory} ({e.strerror or e}); cannot write the {what}") from None
     return real
 
 

@@ -172,11 +172,14 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     history = []
     model.train()
 
+    written = []  # the positions this run saved at
+
     def checkpoint(epoch, step, sums):
         if save_path is None:
             return
         if comm.rank:
             comm.barrier()  # rank 0 writes; the others wait until the file is whole
+            written.append(epoch * steps_per_epoch + step)
             return
         meta = {"config": config, "epoch": epoch, "step": step, **sums, "global_step": epoch * steps_per_epoch + step,
                 # what eval checks a dataset against before building the net
@@ -188,6 +191,7 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
         if ema is not None:
             meta["ema"] = ema.state_dict()
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
+        written.append(epoch * steps_per_epoch + step)
         comm.barrier()
 
     stream = getattr(step_fn, "stream", None)
@@ -205,7 +209,9 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
             if sync:
                 batches = sync.announce(batches, len(data.y_train), config["batch_size"], first, interrupt)
             try:
-                sums = epoch_run.run(batches, first, interrupt, save_path)
+                # A divergence names the checkpoint only if it is this run's: written by it, or resumed from.
+                kept = save_path if written or start["epoch"] or start["step"] else None
+                sums = epoch_run.run(batches, first, interrupt, kept)
             except _StopRequested:  # after a whole step; a second Ctrl-C stops without saving
                 step, sums = epoch_run.position()
                 _average_buffers(comm, model, ema)

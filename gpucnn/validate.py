@@ -92,7 +92,7 @@ def check_train_outputs(args, config):
     from gpucnn.checkpoint import is_checkpoint
     from gpucnn.metrics import is_metrics_file
 
-    save = None if args.no_save else args.save
+    save = None if args.no_save else args.save or args.resume or "runs/last.ckpt"
     dataset = config["dataset"] if str(config["dataset"]).lower().endswith(".npz") else None
     check_distinct(**{"--dataset": dataset, "--save": save, "--metrics-out": args.metrics_out})
     if args.resume and args.metrics_out:

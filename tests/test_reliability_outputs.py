@@ -148,15 +148,58 @@ def test_a_read_only_directory_is_refused(tmp_path):
         ro.chmod(0o755)
 
 
-# --- --metrics-out: appending to a metrics file is fine; anything else is refused -----------
+# --- --metrics-out: a gpucnn metrics file is the run's (a new run replaces it, a resume
+# appends to it); anything else is refused ---------------------------------------------------
 @pytest.mark.parametrize("content", ["", json.dumps(ROW) + "\n"])
-def test_metrics_append_to_an_empty_or_gpucnn_file(tmp_path, content):
+def test_a_new_run_replaces_an_empty_or_gpucnn_metrics_file(tmp_path, content):
     m = tmp_path / "m.jsonl"
     m.write_text(content)
     train_tiny(tmp_path, tmp_path / "c.ckpt", "--metrics-out", m)
     lines = m.read_text().splitlines()
-    assert m.read_text().startswith(content) and len(lines) == len(content.splitlines()) + 1
-    assert json.loads(lines[-1])["epoch"] == 1
+    assert len(lines) == 1 and json.loads(lines[0])["epoch"] == 1  # no earlier run's epochs before it
+
+
+def test_a_resume_appends_to_the_metrics_and_saves_back_to_its_checkpoint(tmp_path):
+    m, ckpt = tmp_path / "m.jsonl", tmp_path / "c.ckpt"
+    dataset = train_tiny(tmp_path, ckpt, "--metrics-out", m)
+    (tmp_path / "runs").mkdir()
+    other = tmp_path / "runs" / "last.ckpt"  # the default --save: an unrelated earlier run's
+    train_tiny(tmp_path, other, dataset=dataset)
+    before = other.read_bytes()
+    r = gpucnn("train", "--resume", ckpt, "--epochs", "2", "--no-progress", "--metrics-out", m, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"checkpoint: {ckpt}" in r.stdout and other.read_bytes() == before
+    from gpucnn.checkpoint import load_checkpoint
+
+    assert load_checkpoint(ckpt)["meta"]["epoch"] == 2
+    assert [json.loads(line)["epoch"] for line in m.read_text().splitlines()] == [1, 2]
+
+
+def test_a_relative_dataset_path_resumes_and_evaluates_from_another_directory(tmp_path):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    tiny_npz(work / "d.npz")
+    r = gpucnn("train", "--dataset", "d.npz", *TRAIN, "--save", "c.ckpt", cwd=work)
+    assert r.returncode == 0, r.stderr
+    r = gpucnn("train", "--resume", "../work/c.ckpt", "--epochs", "2", "--no-progress", cwd=elsewhere)
+    assert r.returncode == 0, r.stderr
+    r = gpucnn("train", "--resume", "../work/c.ckpt", "--epochs", "3", "--no-progress",
+               "--dataset", "../work/d.npz", cwd=elsewhere)  # the same file named from here: no conflict
+    assert r.returncode == 0, r.stderr
+    r = gpucnn("eval", "--checkpoint", "../work/c.ckpt", cwd=elsewhere)
+    assert r.returncode == 0 and "accuracy" in r.stdout, r.stderr
+
+
+def test_a_divergence_does_not_name_a_checkpoint_an_earlier_run_left(tmp_path):
+    ckpt = tmp_path / "c.ckpt"
+    dataset = train_tiny(tmp_path, ckpt)
+    r = gpucnn("train", "--dataset", dataset, *TRAIN, "--save", ckpt, "--optimizer", "sgd", "--lr", "1e30")
+    assert r.returncode == 1
+    assert "no checkpoint was saved" in r.stderr and "last good checkpoint" not in r.stderr, r.stderr
+
+
+def test_save_where_no_file_can_be_made_is_refused_before_training(tmp_path):
+    refused(gpucnn("train", *TRAIN, "--save", "/proc/gpucnn-test.ckpt"), "/proc/gpucnn-test.ckpt", "cannot create a file")
 
 
 @pytest.mark.parametrize("content", ["my notes\n", '{"epoch": 1}\n', "[1, 2]\n", json.dumps(ROW) + "\nnot json\n"])
