@@ -359,11 +359,13 @@ def cmd_eval(args):
 
     mean = numpy.asarray(ckpt["meta"].get("mean", data.mean), dtype=numpy.float32)
     std = numpy.asarray(ckpt["meta"].get("std", data.std), dtype=numpy.float32)
+    tta = config.get("tta", False) if args.tta is None else args.tta
     loss, acc, per_class = evaluate(model, data.x_test, data.y_test, mean, std,
-                                    batch_size=args.batch_size, classes=classes,
-                                    tta=config.get("tta", False) if args.tta is None else args.tta)
+                                    batch_size=args.batch_size, classes=classes, tta=tta)
     names = list(data.classes) + [str(i) for i in range(len(data.classes), classes)]
-    print(f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images): loss {loss:.4f}, accuracy {acc:.4f}")
+    how = ", ".join(w for w, on in (("moving-average weights", args.ema), ("flip TTA", tta)) if on)
+    print(f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images{'; ' + how if how else ''}): "
+          f"loss {loss:.4f}, accuracy {acc:.4f}")
     print(f"{'class':<16} {'accuracy':>8}")
     for label, a in zip(names, per_class):
         print(f"{str(label):<16} {a:>8.4f}")
