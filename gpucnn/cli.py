@@ -307,7 +307,7 @@ def _train(args, comm):
           f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
           f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else "")
           + (f", {comm.size} ranks (global batch {config['batch_size']})" if comm.size > 1 else ""))
-    if metrics_out and ckpt is None:
+    if metrics_out and ckpt is None and comm.rank == 0:
         from gpucnn import metrics
 
         metrics.start(metrics_out)  # a new run's metrics replace an earlier run's; a resume appends

@@ -100,8 +100,8 @@ def test_divergence_names_the_kept_checkpoint_only_when_there_is_one(tmp_path, e
     r = gpucnn("train", "--dataset", d, "--model", "small", "--batch-size", "2", "--epochs", "1", "--no-progress",
                "--optimizer", "sgd", "--lr", "1e30", "--save", ckpt)
     assert r.returncode == 1 and "loss became" in r.stderr and "Traceback" not in r.stderr
-    assert (f"the last good checkpoint is kept: {ckpt}" in r.stderr) == existing
-    assert ("no checkpoint was saved" in r.stderr) == (not existing)
+    # an earlier run's checkpoint at --save is kept, but not named as this run's last good one
+    assert "the last good checkpoint is kept" not in r.stderr and "no checkpoint was saved" in r.stderr
     assert snapshot(tmp_path) == before
 
 
