@@ -18,37 +18,36 @@ from gpucnn import cli, models  # noqa: E402  (after the path is set)
 if os.environ.get("GPUCNN_TEST_TINY_VGG"):
     models.MODELS["vgg_bn"] = functools.partial(models.vgg_bn, widths=(4, 8))
 
-if os.environ.get("GPUCNN_TEST_FAIL"):
+def at_step(variable, action):
+    """Run action() on rank R during its N-th training step, R,N from the environment variable."""
     from gpucnn import train
 
-    rank, at = map(int, os.environ["GPUCNN_TEST_FAIL"].split(","))
-    step = train.TrainStep.__call__
-    calls = [0]
+    rank, at = map(int, os.environ[variable].split(","))
+    step, calls = train.TrainStep.__call__, [0]
 
-    def failing(self, x, y):
+    def hooked(self, x, y):
         calls[0] += 1
         if int(os.environ.get("PMI_RANK", "0")) == rank and calls[0] == at:
-            raise RuntimeError(f"injected failure at step {at}, time {time.time():.3f}")
+            action(at)
         return step(self, x, y)
 
-    train.TrainStep.__call__ = failing
+    train.TrainStep.__call__ = hooked
 
-if os.environ.get("GPUCNN_TEST_SIGINT"):
+
+def fail(at):
+    raise RuntimeError(f"injected failure at step {at}, time {time.time():.3f}")
+
+
+def interrupt(at):
     import signal
 
-    from gpucnn import train
+    os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag; the step goes on
 
-    rank, at = map(int, os.environ["GPUCNN_TEST_SIGINT"].split(","))
-    plain_step = train.TrainStep.__call__
-    seen = [0]
 
-    def interrupted(self, x, y):
-        seen[0] += 1
-        if int(os.environ.get("PMI_RANK", "0")) == rank and seen[0] == at:
-            os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag; the step goes on
-        return plain_step(self, x, y)
-
-    train.TrainStep.__call__ = interrupted
+if os.environ.get("GPUCNN_TEST_FAIL"):
+    at_step("GPUCNN_TEST_FAIL", fail)
+if os.environ.get("GPUCNN_TEST_SIGINT"):
+    at_step("GPUCNN_TEST_SIGINT", interrupt)
 
 if os.environ.get("GPUCNN_TEST_PIDS"):
     with open(os.path.join(os.environ["GPUCNN_TEST_PIDS"], f"rank{os.environ.get('PMI_RANK', '0')}.pid"), "w") as f:
