@@ -28,10 +28,7 @@ def encode(row):
 
 def start(path):
     """Empty the metrics file at `path` (a new run's; check_output has made sure it is ours)."""
-    try:
-        write_atomically(path, lambda f: None)
-    except OSError as e:
-        raise OutputWriteError(f"{path}: cannot write the metrics file: {e.strerror or e}") from None
+    write_atomically(path, lambda f: None, what="metrics file")  # its own OutputWriteError names the path
 
 
 def append(path, row):

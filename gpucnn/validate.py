@@ -121,8 +121,8 @@ def check_saved_run(ckpt, path, *, for_resume):
     if missing:
         raise damaged(f"configuration lacks {', '.join(missing)}")
     for key, value in config.items():
-        if key in SETTINGS and setting_problem(key, value):
-            raise damaged(f"{key} {setting_problem(key, value)}")
+        if key in SETTINGS and (problem := setting_problem(key, value)):
+            raise damaged(f"{key} {problem}")
     for key in ("mean", "std"):
         if key in meta:
             v = meta[key]
