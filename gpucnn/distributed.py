@@ -509,11 +509,12 @@ class GradientSync:
             if count != self._count:
                 self._count = count
                 self.inv_count[...] = 1.0 / count
-            first_row = share(count, self.comm.rank, self.comm.size)[0]
-            if self.row_dependent and first_row != self._first_row:
-                self._first_row = first_row
-                for layer in self.row_dependent:
-                    layer.first_row[...] = first_row
+            if self.row_dependent:
+                first_row = share(count, self.comm.rank, self.comm.size)[0]
+                if first_row != self._first_row:
+                    self._first_row = first_row
+                    for layer in self.row_dependent:
+                        layer.first_row[...] = first_row
             if interrupt is not None and interrupt.requested and not self._stopping:
                 self._stopping = True
                 self.stop_flag[...] = 1
