@@ -177,10 +177,12 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     def checkpoint(epoch, step, sums):
         if save_path is None:
             return
-        if comm.rank:
-            comm.barrier()  # rank 0 writes; the others wait until the file is whole
-            written.append(epoch * steps_per_epoch + step)
-            return
+        if comm.rank == 0:  # rank 0 writes; the others wait at the barrier until the file is whole
+            _save(epoch, step, sums)
+        comm.barrier()
+        written.append(epoch * steps_per_epoch + step)
+
+    def _save(epoch, step, sums):
         meta = {"config": config, "epoch": epoch, "step": step, **sums, "global_step": epoch * steps_per_epoch + step,
                 # what eval checks a dataset against before building the net
                 "input_shape": [int(d) for d in data.x_train.shape[1:]], "num_classes": len(data.classes),
@@ -191,8 +193,6 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
         if ema is not None:
             meta["ema"] = ema.state_dict()
         save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
-        written.append(epoch * steps_per_epoch + step)
-        comm.barrier()
 
     stream = getattr(step_fn, "stream", None)
     # A diverging run overflows inside NumPy; the loss check reports it in words.
