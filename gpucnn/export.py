@@ -264,7 +264,7 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
     model.eval()
     try:
         net = fold_batchnorm(model) if fold_bn else model
-        dtype = _dtype(net) or numpy.dtype(numpy.float32)
+        dtype = getattr(net, "dtype", None) or numpy.dtype(numpy.float32)  # Sequential.dtype, or a layer's
         g = Graph(onnx, dtype)
         g.trace(INPUT, backend.xp.zeros((1, *input_shape), dtype=dtype))
         y = g.convert(net, INPUT)
@@ -280,7 +280,7 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
         for node in g.nodes:
             node.output[:] = [out_name if o == y else o for o in node.output]
             node.input[:] = [out_name if i == y else i for i in node.input]
-    elem = helper.np_dtype_to_tensor_dtype(numpy.dtype(dtype))
+    elem = helper.np_dtype_to_tensor_dtype(g.dtype)
     graph = helper.make_graph(
         g.nodes, "gpucnn",
         [helper.make_tensor_value_info(INPUT, elem, ["batch", *input_shape])],
@@ -297,13 +297,6 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
     except onnx.checker.ValidationError as e:  # a converter bug, not the user's: say which check failed
         raise ExportError(f"the ONNX graph failed onnx.checker: {str(e).splitlines()[0]}") from None
     return proto
-
-
-def _dtype(module):
-    """The float type the net computes in: its parameters'."""
-    if isinstance(module, Sequential):
-        return next((p.value.dtype for p in module.parameters()), None)
-    return getattr(module, "dtype", None)
 
 
 def is_our_onnx(path):
