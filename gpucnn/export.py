@@ -15,7 +15,6 @@ The export traces one example batch through the net alongside, so a converter th
 needs a shape reads it with `graph.shape(name)`.
 """
 import json
-import struct
 
 import numpy
 
@@ -24,6 +23,7 @@ from gpucnn import backend
 from gpucnn.errors import GpucnnError
 from gpucnn.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
                            Residual, Scale, Softmax)
+from gpucnn.init_from import safetensors_header
 from gpucnn.outputs import check_output, write_atomically
 from gpucnn.sequential import Sequential
 
@@ -321,11 +321,8 @@ def safetensors_metadata(path):
     or None when `path` is not a safetensors file."""
     try:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100 << 20:
-                return None
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
+            header = safetensors_header(f)
+    except (OSError, ValueError):
         return None
     return header.get("__metadata__") or {} if isinstance(header, dict) else None
 
