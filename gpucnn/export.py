@@ -15,7 +15,6 @@ The export traces one example batch through the net alongside, so a converter th
 needs a shape reads it with `graph.shape(name)`.
 """
 import json
-import struct
 
 import numpy
 
@@ -24,6 +23,7 @@ from gpucnn import backend
 from gpucnn.errors import GpucnnError
 from gpucnn.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
                            Residual, Scale, Softmax)
+from gpucnn.init_from import safetensors_header
 from gpucnn.outputs import check_output, write_atomically
 from gpucnn.sequential import Sequential
 
@@ -264,7 +264,7 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
     model.eval()
     try:
         net = fold_batchnorm(model) if fold_bn else model
-        dtype = _dtype(net) or numpy.dtype(numpy.float32)
+        dtype = getattr(net, "dtype", None) or numpy.dtype(numpy.float32)  # Sequential.dtype, or a layer's
         g = Graph(onnx, dtype)
         g.trace(INPUT, backend.xp.zeros((1, *input_shape), dtype=dtype))
         y = g.convert(net, INPUT)
@@ -280,7 +280,7 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
         for node in g.nodes:
             node.output[:] = [out_name if o == y else o for o in node.output]
             node.input[:] = [out_name if i == y else i for i in node.input]
-    elem = helper.np_dtype_to_tensor_dtype(numpy.dtype(dtype))
+    elem = helper.np_dtype_to_tensor_dtype(g.dtype)
     graph = helper.make_graph(
         g.nodes, "gpucnn",
         [helper.make_tensor_value_info(INPUT, elem, ["batch", *input_shape])],
@@ -297,13 +297,6 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
     except onnx.checker.ValidationError as e:  # a converter bug, not the user's: say which check failed
         raise ExportError(f"the ONNX graph failed onnx.checker: {str(e).splitlines()[0]}") from None
     return proto
-
-
-def _dtype(module):
-    """The float type the net computes in: its parameters'."""
-    if isinstance(module, Sequential):
-        return next((p.value.dtype for p in module.parameters()), None)
-    return getattr(module, "dtype", None)
 
 
 def is_our_onnx(path):
@@ -328,11 +321,8 @@ def safetensors_metadata(path):
     or None when `path` is not a safetensors file."""
     try:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            if n > 100 << 20:
-                return None
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error):
+            header = safetensors_header(f)
+    except (OSError, ValueError):
         return None
     return header.get("__metadata__") or {} if isinstance(header, dict) else None
 

@@ -6,7 +6,9 @@ torch.load(weights_only=True), which unpickles tensors and plain containers only
 Keys and shapes must match the model exactly, the rule of PyTorch's strict
 load_state_dict; the error lists every missing and unexpected key and every shape that differs.
 """
+import json
 import os
+import struct
 
 import numpy
 
@@ -14,6 +16,7 @@ from gpucnn.checkpoint import CheckpointError, check_model_state
 from gpucnn.errors import GpucnnError
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
+MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on its JSON header
 
 
 class InitFromError(GpucnnError, ValueError):
@@ -71,17 +74,25 @@ _SAFETENSORS_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "
                        "I8": "i1", "U8": "u1", "BOOL": "?"}
 
 
+def safetensors_header(f):
+    """The parsed JSON header of the .safetensors file open as `f` (at its start), leaving f at
+    the first data byte; ValueError when it does not start with one."""
+    raw = f.read(8)
+    if len(raw) < 8:
+        raise ValueError("too short for a safetensors header")
+    (n,) = struct.unpack("<Q", raw)
+    if n > MAX_SAFETENSORS_HEADER:
+        raise ValueError(f"declares a {n:,}-byte header, more than safetensors allows")
+    return json.loads(f.read(n))
+
+
 def _read_safetensors_bf16(path):
     """bfloat16 has no NumPy dtype, so safetensors' NumPy API refuses files holding it. The
     format is a JSON header of byte ranges, so read it directly: a bfloat16 is the top half
     of a float32, widened by a shift."""
-    import json
-    import struct
-
     try:
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
+            header = safetensors_header(f)
             body = f.read()
         header.pop("__metadata__", None)
         out = {}
@@ -92,7 +103,7 @@ def _read_safetensors_bf16(path):
                 out[key] = raw.view(numpy.float32).reshape(info["shape"])
             else:
                 out[key] = numpy.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
     return out
 

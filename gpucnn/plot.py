@@ -10,18 +10,19 @@ from gpucnn.errors import GpucnnError
 from gpucnn.metrics import read as read_metrics
 from gpucnn.outputs import check_distinct, check_output, write_atomically
 
-# suffix -> (matplotlib format, test of a file's first bytes)
-FORMATS = {
-    "png": ("png", lambda b: b.startswith(b"\x89PNG\r\n\x1a\n")),
-    "pdf": ("pdf", lambda b: b.startswith(b"%PDF-")),
-    "svg": ("svg", lambda b: b.lstrip().startswith((b"<?xml", b"<svg")) and b"<svg" in b),
-    "eps": ("eps", lambda b: b.startswith(b"%!PS")),
-    "ps": ("ps", lambda b: b.startswith(b"%!PS")),
-    "jpg": ("jpeg", lambda b: b.startswith(b"\xff\xd8\xff")),
-    "jpeg": ("jpeg", lambda b: b.startswith(b"\xff\xd8\xff")),
-    "tif": ("tiff", lambda b: b.startswith((b"II*\x00", b"MM\x00*"))),
-    "tiff": ("tiff", lambda b: b.startswith((b"II*\x00", b"MM\x00*"))),
-    "webp": ("webp", lambda b: b.startswith(b"RIFF") and b[8:12] == b"WEBP"),
+# suffix -> matplotlib format
+FORMATS = {"png": "png", "pdf": "pdf", "svg": "svg", "eps": "eps", "ps": "ps", "jpg": "jpeg", "jpeg": "jpeg",
+           "tif": "tiff", "tiff": "tiff", "webp": "webp"}
+# matplotlib format -> test of a file's first bytes
+LOOKS_LIKE = {
+    "png": lambda b: b.startswith(b"\x89PNG\r\n\x1a\n"),
+    "pdf": lambda b: b.startswith(b"%PDF-"),
+    "svg": lambda b: b.lstrip().startswith((b"<?xml", b"<svg")) and b"<svg" in b,
+    "eps": lambda b: b.startswith(b"%!PS"),
+    "ps": lambda b: b.startswith(b"%!PS"),
+    "jpeg": lambda b: b.startswith(b"\xff\xd8\xff"),
+    "tiff": lambda b: b.startswith((b"II*\x00", b"MM\x00*")),
+    "webp": lambda b: b.startswith(b"RIFF") and b[8:12] == b"WEBP",
 }
 
 
@@ -38,15 +39,14 @@ def output_path(out_path):
     if key not in FORMATS:
         raise GpucnnError(f"{out_path}: unknown image suffix {suffix or '(none)'!r}; use one of "
                           f"{', '.join('.' + k for k in FORMATS)}")
-    return out_path, FORMATS[key][0]
+    return out_path, FORMATS[key]
 
 
 def check_plot_output(metrics_path, out_path):
     """Start-up check of -o: a new file, or an image of the same format; returns (path, format)."""
     out_path, fmt = output_path(out_path)
     check_distinct(**{"METRICS": metrics_path, "-o": out_path})
-    looks_right = FORMATS[os.path.splitext(out_path)[1][1:].lower()][1]
-    check_output(out_path, what=f"{fmt} image", is_ours=lambda p: looks_right(_head(p)))
+    check_output(out_path, what=f"{fmt} image", is_ours=lambda p: LOOKS_LIKE[fmt](_head(p)))
     return out_path, fmt
 
 
