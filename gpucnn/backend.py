@@ -9,7 +9,7 @@ import sys
 
 import numpy
 
-from gpucnn.errors import BackendError
+from gpucnn.errors import BackendError, short
 
 ALLOWED = ("auto", "numpy", "cupy")
 
@@ -25,18 +25,15 @@ def _probe_cupy():
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # no driver, driver too old, no device node
-        return None, f"no usable CUDA device: {_short(e)}"
+        return None, f"no usable CUDA device: {short(e)}"
     if n < 1:
         return None, "no CUDA device found"
     try:
         cupy.zeros(1).sum().item()
     except Exception as e:
-        return None, f"CUDA device found but unusable: {_short(e)}"
+        return None, f"CUDA device found but unusable: {short(e)}"
     return cupy, None
 
-
-def _short(e):
-    return f"{type(e).__name__}: {e}".splitlines()[0]
 
 
 def _resolve(name):

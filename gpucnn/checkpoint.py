@@ -14,7 +14,7 @@ import numpy
 
 from gpucnn import backend
 from gpucnn.data.npzfile import read_npz
-from gpucnn.errors import GpucnnError
+from gpucnn.errors import GpucnnError, short
 from gpucnn.outputs import check_output, write_atomically
 
 FORMAT = "gpucnn-checkpoint"
@@ -86,7 +86,7 @@ def load_checkpoint(path):
         with open(path, "rb") as f:
             magic = f.read(4)
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot be read: {_short(e)}") from None
+        raise CheckpointError(f"{path}: cannot be read: {short(e)}") from None
     if magic != b"PK\x03\x04":  # every .npz is a zip archive
         what = "an empty file" if not magic else "not an .npz (zip) archive"
         raise CheckpointError(f"{path}: not a gpucnn checkpoint ({what})")
@@ -102,7 +102,7 @@ def load_checkpoint(path):
     try:
         tree = json.loads(str(text[()]))
     except ValueError as e:
-        raise CheckpointError(f"{path}: its {_JSON_ENTRY!r} entry is not valid JSON: {_short(e)}") from None
+        raise CheckpointError(f"{path}: its {_JSON_ENTRY!r} entry is not valid JSON: {short(e)}") from None
     except RecursionError:
         raise CheckpointError(f"{path}: its {_JSON_ENTRY!r} entry is nested too deeply (corrupt checkpoint)") from None
     if not isinstance(tree, dict) or tree.get("format") != FORMAT:
@@ -199,6 +199,3 @@ def _clip(items, n=8):
     shown = ", ".join(items[:n])
     return f"[{shown}{f', ... ({len(items) - n} more)' if len(items) > n else ''}]"
 
-
-def _short(e):
-    return f"{type(e).__name__}: {e}".splitlines()[0]

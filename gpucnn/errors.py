@@ -7,3 +7,8 @@ class GpucnnError(Exception):
 
 class BackendError(GpucnnError, RuntimeError):
     """The requested backend cannot be used; the message says why."""
+
+
+def short(e):
+    """An exception as one line, "Type: message", for a user-facing error that wraps it."""
+    return f"{type(e).__name__}: {e}".splitlines()[0]

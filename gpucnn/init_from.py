@@ -13,7 +13,7 @@ import struct
 import numpy
 
 from gpucnn.checkpoint import CheckpointError, check_model_state
-from gpucnn.errors import GpucnnError
+from gpucnn.errors import GpucnnError, short
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on its JSON header
@@ -55,10 +55,10 @@ def _read_safetensors(path):
         return {k: _widened(v) for k, v in load_file(path).items()}
     except TypeError as e:
         if "bfloat16" not in str(e):
-            raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+            raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({short(e)})") from None
         return _read_safetensors_bf16(path)
     except (SafetensorError, OSError, ValueError) as e:
-        raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+        raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({short(e)})") from None
 
 
 def _widened(a):
@@ -104,7 +104,7 @@ def _read_safetensors_bf16(path):
             else:
                 out[key] = numpy.frombuffer(body[start:end], dtype=_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({_short(e)})") from None
+        raise InitFromError(f"--init-from {path}: not a readable .safetensors file ({short(e)})") from None
     return out
 
 
@@ -117,7 +117,7 @@ def _read_torch(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError (a disallowed global), RuntimeError (not a torch file), ...
-        raise InitFromError(f"--init-from {path}: not a loadable PyTorch state_dict ({_short(e)})") from None
+        raise InitFromError(f"--init-from {path}: not a loadable PyTorch state_dict ({short(e)})") from None
     if not isinstance(state, dict):
         raise InitFromError(f"--init-from {path}: holds a {type(state).__name__}, not a state_dict "
                             f"(a dict of tensors, as model.state_dict() gives)")
@@ -145,6 +145,3 @@ def init_from(model, path):
     model.load_state_dict({k: numpy.asarray(v) for k, v in state.items()})
     return len(state)
 
-
-def _short(e):
-    return f"{type(e).__name__}: {e}".splitlines()[0]

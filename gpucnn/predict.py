@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from gpucnn import backend
 from gpucnn.data.batches import iterate
-from gpucnn.errors import GpucnnError
+from gpucnn.errors import GpucnnError, short
 from gpucnn.layers.softmax import softmax
 
 FITS = ("stretch", "crop", "pad")
@@ -82,7 +82,7 @@ def read_image(path, input_shape, invert=False, fit="stretch"):
             im.load()
             im = ImageOps.exif_transpose(im)  # a copy, with the rotation phone photos keep in EXIF
     except Exception as e:  # whatever a broken or hostile file makes a decoder raise: that file is skipped
-        raise UnreadableImage(f"not a readable image ({_short(e)})") from None
+        raise UnreadableImage(f"not a readable image ({_one_line(e)})") from None
     background = 255 if invert else 0
     try:
         if im.mode in _SIXTEEN_BIT:
@@ -97,16 +97,13 @@ def read_image(path, input_shape, invert=False, fit="stretch"):
             im = im.convert("L" if channels == 1 else "RGB")
         im = _fit(Image, ImageOps, im, (w, h), fit, background)
     except (OSError, ValueError) as e:
-        raise UnreadableImage(f"an image of mode {im.mode} that cannot be converted ({_short(e)})") from None
+        raise UnreadableImage(f"an image of mode {im.mode} that cannot be converted ({_one_line(e)})") from None
     x = numpy.clip(numpy.asarray(im, dtype=numpy.float32) * numpy.float32(scale), 0.0, 1.0)
     x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
     if x.shape[0] != channels:  # a 16-bit or float grey image for an RGB net
         x = numpy.repeat(x, channels, axis=0)
     return 1.0 - x if invert else x
 
-
-def _short(e):
-    return f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
 
 
 def _flatten_alpha(Image, im, background):
@@ -204,3 +201,7 @@ def run(args, print_fn=print):
     if skipped:
         print(f"gpucnn: {skipped} input{'s' if skipped > 1 else ''} skipped", file=sys.stderr)
     return 1 if skipped else 0
+
+
+def _one_line(e):
+    return short(e) if str(e) else type(e).__name__
