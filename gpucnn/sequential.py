@@ -18,6 +18,7 @@ with `params` and `buffers`; keys join the names on the way down with ".".
 
 from gpucnn import backend
 from gpucnn.layers import MaxPool2d, ReLU
+from gpucnn.layers.base import walk  # noqa: F401 (gpucnn.sequential.walk: the module tree's walk)
 
 
 def run_order(layers):
@@ -31,17 +32,6 @@ def run_order(layers):
         else:
             i += 1
     return order
-
-
-def walk(module, prefix=""):
-    """(key prefix, leaf layer) for every leaf under `module`, depth first in PyTorch's order.
-    The prefix ends in "." unless empty (a leaf walked on its own)."""
-    children = getattr(module, "children", None)
-    if children is None:
-        yield prefix, module
-        return
-    for name, child in children():
-        yield from walk(child, f"{prefix}{name}.")
 
 
 class Param:

@@ -107,3 +107,14 @@ class Layer:
             )
         if dy.dtype != self.dtype:
             raise ValueError(f"{type(self).__name__}: expected grad_out of dtype {self.dtype}, got {dy.dtype}")
+
+
+def walk(module, prefix=""):
+    """(key prefix, leaf layer) for every leaf under `module`, depth first in PyTorch's order.
+    The prefix ends in "." unless empty (a leaf walked on its own)."""
+    children = getattr(module, "children", None)
+    if children is None:
+        yield prefix, module
+        return
+    for name, child in children():
+        yield from walk(child, f"{prefix}{name}.")

@@ -7,7 +7,7 @@
 its branches' parameters and buffers are saved under "body." and "shortcut." (see
 sequential.walk), the names a PyTorch module with attributes `body` and `shortcut` gives.
 """
-from gpucnn.layers.base import Layer
+from gpucnn.layers.base import Layer, walk
 
 
 class Residual(Layer):
@@ -59,10 +59,4 @@ def _dtype_of(module):
     """The dtype of the first leaf layer under `module` (None if it has none)."""
     if module is None:
         return None
-    if hasattr(module, "children"):
-        for _, child in module.children():
-            found = _dtype_of(child)
-            if found is not None:
-                return found
-        return None
-    return getattr(module, "dtype", None)
+    return next((leaf.dtype for _, leaf in walk(module) if getattr(leaf, "dtype", None) is not None), None)
