@@ -77,11 +77,12 @@ class Layer:
         return int(pair[0]), int(pair[1])
 
     # --- input checks: a clear ValueError instead of a traceback from deep in NumPy --
-    def check_input(self, x, ndim, channels=None, what="input"):
+    def check_input(self, x, ndim=None, channels=None, what="input"):
+        """ndim None: any rank (array-ness, dtype and device are still checked)."""
         name = type(self).__name__
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise ValueError(f"{name}: expected an array as {what}, got {type(x).__name__}")
-        if x.ndim != ndim:
+        if ndim is not None and x.ndim != ndim:
             layout = {2: "(N, features)", 4: "(N, C, H, W)"}.get(ndim, f"{ndim}-d")
             raise ValueError(f"{name}: expected a {ndim}-d {what} {layout}, got shape {tuple(x.shape)}")
         if channels is not None and x.shape[1] != channels:

@@ -34,7 +34,7 @@ class Residual(Layer):
         return self
 
     def forward(self, x):
-        self.check_input(x, getattr(x, "ndim", None))
+        self.check_input(x)
         a = self.body.forward(x)
         b = x if self.shortcut is None else self.shortcut.forward(x)
         if tuple(a.shape) != tuple(b.shape):
