@@ -18,7 +18,7 @@ with `params` and `buffers`; keys join the names on the way down with ".".
 
 from gpucnn import backend
 from gpucnn.layers import MaxPool2d, ReLU
-from gpucnn.layers.base import walk  # noqa: F401 (gpucnn.sequential.walk: the module tree's walk)
+from gpucnn.layers.base import children_repr, walk  # noqa: F401 (gpucnn.sequential.walk: the module tree's walk)
 
 
 def run_order(layers):
@@ -75,8 +75,7 @@ class Sequential:
         return self.layers[i]
 
     def __repr__(self):
-        inner = "".join(f"\n  ({i}): " + repr(layer).replace("\n", "\n  ") for i, layer in enumerate(self.layers))
-        return f"Sequential({inner}\n)"
+        return f"Sequential({children_repr(self)}\n)"
 
     def children(self):
         """(name, layer) pairs, named by position like nn.Sequential."""

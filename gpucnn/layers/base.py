@@ -119,3 +119,8 @@ def walk(module, prefix=""):
         return
     for name, child in children():
         yield from walk(child, f"{prefix}{name}.")
+
+
+def children_repr(module):
+    """The indented "(name): child" lines of a container's repr, nested containers indented further."""
+    return "".join(f"\n  ({name}): " + repr(child).replace("\n", "\n  ") for name, child in module.children())

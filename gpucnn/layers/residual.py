@@ -7,7 +7,7 @@
 its branches' parameters and buffers are saved under "body." and "shortcut." (see
 sequential.walk), the names a PyTorch module with attributes `body` and `shortcut` gives.
 """
-from gpucnn.layers.base import Layer, walk
+from gpucnn.layers.base import Layer, children_repr, walk
 
 
 class Residual(Layer):
@@ -21,8 +21,7 @@ class Residual(Layer):
         self.body, self.shortcut = body, shortcut
 
     def __repr__(self):
-        inner = "".join(f"\n  ({name}): " + repr(branch).replace("\n", "\n  ") for name, branch in self.children())
-        return f"Residual({inner}\n)"
+        return f"Residual({children_repr(self)}\n)"
 
     def children(self):
         return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
