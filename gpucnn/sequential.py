@@ -18,7 +18,7 @@ with `params` and `buffers`; keys join the names on the way down with ".".
 
 from gpucnn import backend
 from gpucnn.layers import MaxPool2d, ReLU
-from gpucnn.layers.base import children_repr, walk  # noqa: F401 (gpucnn.sequential.walk: the module tree's walk)
+from gpucnn.layers.base import children_repr, leaf_dtype, walk  # noqa: F401 (gpucnn.sequential.walk: the module tree's walk)
 
 
 def run_order(layers):
@@ -88,7 +88,7 @@ class Sequential:
     @property
     def dtype(self):
         """The float type of the first leaf layer (the net computes in it)."""
-        return next((layer.dtype for layer in self.leaves() if hasattr(layer, "dtype")), None)
+        return leaf_dtype(self)
 
     def forward(self, x):
         for i in run_order(self.layers):

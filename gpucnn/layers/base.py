@@ -124,3 +124,10 @@ def walk(module, prefix=""):
 def children_repr(module):
     """The indented "(name): child" lines of a container's repr, nested containers indented further."""
     return "".join(f"\n  ({name}): " + repr(child).replace("\n", "\n  ") for name, child in module.children())
+
+
+def leaf_dtype(module):
+    """The dtype of the first leaf layer under `module` (None if it has none, or for None)."""
+    if module is None:
+        return None
+    return next((leaf.dtype for _, leaf in walk(module) if getattr(leaf, "dtype", None) is not None), None)
