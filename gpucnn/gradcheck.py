@@ -7,6 +7,7 @@ element is nudged by +-eps and the loss difference compared with the analytic gr
 import numpy
 
 from gpucnn import backend
+from gpucnn.layers.base import walk
 
 
 def rel_error(analytic, numeric):
@@ -39,8 +40,6 @@ def check_layer(layer, x, eps=1e-6, seed=0):
     A container (Residual, Sequential) has its leaves' parameters checked under their
     state_dict keys ("body.0.weight").
     """
-    from gpucnn.sequential import walk
-
     params = {prefix + n: (leaf, n) for prefix, leaf in walk(layer) for n in leaf.params}
     xp = backend.get_array_module(x)
     rng = numpy.random.default_rng(seed)

@@ -18,6 +18,7 @@ with `params` and `buffers`; keys join the names on the way down with ".".
 
 from gpucnn import backend
 from gpucnn.layers import MaxPool2d, ReLU
+from gpucnn.layers.base import children_repr, leaf_dtype, walk  # noqa: F401 (gpucnn.sequential.walk: the module tree's walk)
 
 
 def run_order(layers):
@@ -31,17 +32,6 @@ def run_order(layers):
         else:
             i += 1
     return order
-
-
-def walk(module, prefix=""):
-    """(key prefix, leaf layer) for every leaf under `module`, depth first in PyTorch's order.
-    The prefix ends in "." unless empty (a leaf walked on its own)."""
-    children = getattr(module, "children", None)
-    if children is None:
-        yield prefix, module
-        return
-    for name, child in children():
-        yield from walk(child, f"{prefix}{name}.")
 
 
 class Param:
@@ -85,8 +75,7 @@ class Sequential:
         return self.layers[i]
 
     def __repr__(self):
-        inner = "".join(f"\n  ({i}): " + repr(layer).replace("\n", "\n  ") for i, layer in enumerate(self.layers))
-        return f"Sequential({inner}\n)"
+        return f"Sequential({children_repr(self)}\n)"
 
     def children(self):
         """(name, layer) pairs, named by position like nn.Sequential."""
@@ -99,7 +88,7 @@ class Sequential:
     @property
     def dtype(self):
         """The float type of the first leaf layer (the net computes in it)."""
-        return next((layer.dtype for layer in self.leaves() if hasattr(layer, "dtype")), None)
+        return leaf_dtype(self)
 
     def forward(self, x):
         for i in run_order(self.layers):

@@ -77,11 +77,12 @@ class Layer:
         return int(pair[0]), int(pair[1])
 
     # --- input checks: a clear ValueError instead of a traceback from deep in NumPy --
-    def check_input(self, x, ndim, channels=None, what="input"):
+    def check_input(self, x, ndim=None, channels=None, what="input"):
+        """ndim None: any rank (array-ness, dtype and device are still checked)."""
         name = type(self).__name__
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise ValueError(f"{name}: expected an array as {what}, got {type(x).__name__}")
-        if x.ndim != ndim:
+        if ndim is not None and x.ndim != ndim:
             layout = {2: "(N, features)", 4: "(N, C, H, W)"}.get(ndim, f"{ndim}-d")
             raise ValueError(f"{name}: expected a {ndim}-d {what} {layout}, got shape {tuple(x.shape)}")
         if channels is not None and x.shape[1] != channels:
@@ -107,3 +108,26 @@ class Layer:
             )
         if dy.dtype != self.dtype:
             raise ValueError(f"{type(self).__name__}: expected grad_out of dtype {self.dtype}, got {dy.dtype}")
+
+
+def walk(module, prefix=""):
+    """(key prefix, leaf layer) for every leaf under `module`, depth first in PyTorch's order.
+    The prefix ends in "." unless empty (a leaf walked on its own)."""
+    children = getattr(module, "children", None)
+    if children is None:
+        yield prefix, module
+        return
+    for name, child in children():
+        yield from walk(child, f"{prefix}{name}.")
+
+
+def children_repr(module):
+    """The indented "(name): child" lines of a container's repr, nested containers indented further."""
+    return "".join(f"\n  ({name}): " + repr(child).replace("\n", "\n  ") for name, child in module.children())
+
+
+def leaf_dtype(module):
+    """The dtype of the first leaf layer under `module` (None if it has none, or for None)."""
+    if module is None:
+        return None
+    return next((leaf.dtype for _, leaf in walk(module) if getattr(leaf, "dtype", None) is not None), None)

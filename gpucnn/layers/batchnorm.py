@@ -90,29 +90,22 @@ class BatchNorm2d(Layer):
         n, c, h, w = x.shape
         m = n * h * w
         gamma, beta = self.gamma_beta()
-        if self.training and self.reduce is not None:
+        centred = None
+        if not self.training:
+            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
+        elif self.reduce is not None:
             mean, var, m = _global_stats(x, self.reduce)  # m: the global count, on the device
-            centred = None
-        elif self.training and m == 0:  # an empty data-parallel share: nothing to learn from
-            mean, var, centred = xp.zeros_like(gamma), xp.ones_like(gamma), None
-        elif self.training:
+            self._track(mean, var, m)
+        elif m == 0:  # an empty data-parallel share: nothing to learn from
+            mean, var = xp.zeros_like(gamma), xp.ones_like(gamma)
+        else:
             if m == 1:
                 raise ValueError(
                     f"BatchNorm2d: expected more than 1 value per channel when training, got input of "
                     f"shape {tuple(x.shape)}"
                 )
             mean, var, centred = _batch_stats(x)
-        if self.training and (self.reduce is not None or m):
-            self._count = m
-            mom = self.momentum
-            # In place, without reading values back to the host (CUDA-graph safe).
-            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
-            rm[...] = (1 - mom) * rm + mom * mean
-            rv[...] = (1 - mom) * rv + (mom * m / (m - 1)) * var
-            self.buffers["num_batches_tracked"] += 1
-        elif not self.training:
-            mean, var = self.buffers["running_mean"], self.buffers["running_var"]
-            centred = None
+            self._track(mean, var, m)
         invstd = 1 / xp.sqrt(var + self.eps)
         if backend.is_cupy_array(x):
             x = xp.ascontiguousarray(x)
@@ -160,6 +153,16 @@ class BatchNorm2d(Layer):
                 dx -= xhat * (scale * sum_dy_xhat / m)[:, None, None]
                 dx -= (scale * sum_dy / m)[:, None, None]
         return dx
+
+    def _track(self, mean, var, m):
+        """Fold a training batch's statistics (over m values) into the running ones."""
+        self._count = m
+        mom = self.momentum
+        # In place, without reading values back to the host (CUDA-graph safe).
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        rm[...] = (1 - mom) * rm + mom * mean
+        rv[...] = (1 - mom) * rv + (mom * m / (m - 1)) * var
+        self.buffers["num_batches_tracked"] += 1
 
     def gamma_beta(self):
         """(gamma, beta): the learned pair, or the constants 1 and 0 with affine=False."""

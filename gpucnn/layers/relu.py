@@ -7,7 +7,7 @@ from gpucnn.layers.base import Layer
 
 class ReLU(Layer):
     def forward(self, x):
-        self.check_input(x, getattr(x, "ndim", None))  # any rank; checks array-ness and dtype
+        self.check_input(x)  # any rank
         xp = backend.get_array_module(x)
         y = xp.maximum(x, 0)
         # Keeping the output is enough: y > 0 exactly where x > 0.

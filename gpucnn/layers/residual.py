@@ -7,7 +7,7 @@
 its branches' parameters and buffers are saved under "body." and "shortcut." (see
 sequential.walk), the names a PyTorch module with attributes `body` and `shortcut` gives.
 """
-from gpucnn.layers.base import Layer
+from gpucnn.layers.base import Layer, children_repr, leaf_dtype
 
 
 class Residual(Layer):
@@ -17,12 +17,11 @@ class Residual(Layer):
                 raise ValueError(f"Residual: {what} ({type(branch).__name__}) is not a layer or Sequential")
         if body is None:
             raise ValueError("Residual: body must be a layer or Sequential, got None")
-        super().__init__(dtype or _dtype_of(body) or _dtype_of(shortcut))
+        super().__init__(dtype or leaf_dtype(body) or leaf_dtype(shortcut))
         self.body, self.shortcut = body, shortcut
 
     def __repr__(self):
-        inner = "".join(f"\n  ({name}): " + repr(branch).replace("\n", "\n  ") for name, branch in self.children())
-        return f"Residual({inner}\n)"
+        return f"Residual({children_repr(self)}\n)"
 
     def children(self):
         return [("body", self.body)] + ([("shortcut", self.shortcut)] if self.shortcut is not None else [])
@@ -34,7 +33,7 @@ class Residual(Layer):
         return self
 
     def forward(self, x):
-        self.check_input(x, getattr(x, "ndim", None))
+        self.check_input(x)
         a = self.body.forward(x)
         b = x if self.shortcut is None else self.shortcut.forward(x)
         if tuple(a.shape) != tuple(b.shape):
@@ -53,16 +52,3 @@ class Residual(Layer):
         self.check_grad(dy, y)
         # Not in place: a branch may hand back dy itself or a view of it (an empty Sequential, Flatten).
         return self.body.backward(dy) + (dy if self.shortcut is None else self.shortcut.backward(dy))
-
-
-def _dtype_of(module):
-    """The dtype of the first leaf layer under `module` (None if it has none)."""
-    if module is None:
-        return None
-    if hasattr(module, "children"):
-        for _, child in module.children():
-            found = _dtype_of(child)
-            if found is not None:
-                return found
-        return None
-    return getattr(module, "dtype", None)
