@@ -1,4 +1,5 @@
-"""The command line: gpucnn train | eval | predict | export | check | plot (also `python -m gpucnn ...`).
+"""The command line: gpucnn train | eval | predict | export | check | plot | summary | profile | lr-find
+(also `python -m gpucnn ...`).
 
 Arguments are parsed before gpucnn.backend is imported, so --backend and --tf32 take
 effect at start-up, the one moment the backend is chosen.
@@ -15,6 +16,7 @@ TRAIN_DEFAULTS = {
     "seed": 0, "augment": None,
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
 }
+MODEL_CHOICES = ["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"]  # gpucnn.models.MODELS, unimported
 # Flags a resumed run may change; every other one is taken from the checkpoint.
 RESUMABLE = {"epochs", "data_dir"}
 
@@ -64,7 +66,7 @@ def _train_parser(sub):
 # Flags gpucnn train shares with lr-find: what the net, the data and a step are.
 def _data_flags(p):
     d = TRAIN_DEFAULTS
-    p.add_argument("--model", choices=["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"],
+    p.add_argument("--model", choices=MODEL_CHOICES,
                    help=f"network (default: {d['model']})")
     p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz (default: {d['dataset']}, built in)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the download cache)")
@@ -158,7 +160,7 @@ def build_parser():
 
 def _net_flags(p):
     """The net summary and profile look at: --model with its input, as train would build it."""
-    p.add_argument("--model", choices=["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"],
+    p.add_argument("--model", choices=MODEL_CHOICES,
                    help=f"network (default: {TRAIN_DEFAULTS['model']})")
     p.add_argument("--input-shape", metavar="C,H,W",
                    help="image shape the net is built for (default: the model's own: 1,8,8 small, 1,28,28 lenet, 3,32,32 the others)")

@@ -207,7 +207,7 @@ def run(args):
     print(f"parameters:              {params:,} ({_si(params)})")
     print(f"multiply-adds per image: {macs:,} ({_si(macs)}; forward; conv and linear weights and biases, as torchinfo)")
     print(f"parameter memory:        {_mib(p_bytes)} weights + {_mib(o_bytes)} {opt_name} state = {_mib(p_bytes + o_bytes)}")
-    print(f"activation memory:       {_mib(activations)} at batch {batch_size} ({_mib(activations / batch_size)} an image): "
+    print(f"activation memory:       {_mib(activations)} at batch {batch_size}: "
           f"what the layers and the loss keep for backward in one training step on {backend.name()}, measured; "
           f"gradients add {_mib(grads)} while the step runs")
     return 0
