@@ -16,7 +16,9 @@ TRAIN_DEFAULTS = {
     "seed": 0, "augment": None,
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
 }
-MODEL_CHOICES = ["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"]  # gpucnn.models.MODELS, unimported
+# gpucnn.models.MODELS and gpucnn.optim.OPTIMIZERS, named without importing them (see the module docstring)
+MODEL_CHOICES = ["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"]
+OPTIMIZER_CHOICES = ["sgd", "adam", "adamw"]
 # Flags a resumed run may change; every other one is taken from the checkpoint.
 RESUMABLE = {"epochs", "data_dir"}
 
@@ -79,7 +81,7 @@ def _step_flags(p):
     d = TRAIN_DEFAULTS
     p.add_argument("--batch-size", type=int, help=f"batch size of the whole job: under mpirun each rank takes its share, "
                    f"so any number of ranks trains the same run (default: {d['batch_size']})")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=f"optimiser (default: {d['optimizer']})")
+    p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help=f"optimiser (default: {d['optimizer']})")
     p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum']})")
     p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum for SGD (default: off)")
     p.add_argument("--weight-decay", type=float, help="L2 (sgd, adam) or decoupled (adamw) weight decay (default: 0 for sgd and adam, 0.01 for adamw)")
@@ -166,7 +168,7 @@ def _net_flags(p):
                    help="image shape the net is built for (default: the model's own: 1,8,8 small, 1,28,28 lenet, 3,32,32 the others)")
     p.add_argument("--classes", type=int, metavar="K", help="number of classes (default: 10)")
     p.add_argument("--batch-size", type=int, help=f"batch size of the training step (default: {TRAIN_DEFAULTS['batch_size']})")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"],
+    p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES,
                    help=f"optimiser whose state is counted (default: {TRAIN_DEFAULTS['optimizer']})")
     _backend_flags(p)
 
