@@ -40,6 +40,7 @@ class Sweep:
     losses: list  # each step's training loss
     smoothed: list
     stopped: tuple | None  # (step, lr) where the loss diverged, counting steps from 1; None if it never did
+    interrupted: int | None = None  # the signal (Ctrl-C, SIGTERM) that ended the sweep early
 
     def steepest(self):
         """Rate where the smoothed loss falls fastest (Lightning's rule), or None if the sweep
@@ -88,7 +89,7 @@ def sweep(model, optimizer, schedule, data, config, progress=True):
     over as many epochs as the steps need)."""
     from gpucnn.data.batches import iterate
     from gpucnn.layers.dropout import set_draws
-    from gpucnn.train import _ZERO_SUMS, _Epoch, _Interrupt, make_step
+    from gpucnn.train import _ZERO_SUMS, _Epoch, _Interrupt, _StopRequested, make_step
 
     watch = _Watch(make_step(model, optimizer, False, label_smoothing=config.get("label_smoothing", 0.0)), optimizer)
     set_draws(model.leaves(), 0)
@@ -99,12 +100,15 @@ def sweep(model, optimizer, schedule, data, config, progress=True):
         schedule.steps)
     run = _Epoch(watch, optimizer, schedule, 0, schedule.steps, dict(_ZERO_SUMS), {"epochs": 1}, progress)
     run.bar.set_description("lr-find")
+    interrupted = None
     with _Interrupt() as interrupt, numpy.errstate(over="ignore", invalid="ignore"):
         try:
             run.run(batches, 0, interrupt, None)
         except _Diverged:
             pass
-    return Sweep(watch.lrs, watch.losses, watch.smoothed, watch.stopped)
+        except _StopRequested as e:  # after a whole step: the sweep so far is still worth a look
+            interrupted = int(e.signum)
+    return Sweep(watch.lrs, watch.losses, watch.smoothed, watch.stopped, interrupted)
 
 
 def draw(result, out_path, fmt, title):
@@ -161,9 +165,14 @@ def run(args):
           f"lr {args.start_lr:g} to {args.end_lr:g} over {args.steps} steps, backend {backend.name()}")
     result = sweep(model, optimizer, schedule, data, config, progress=not args.no_progress)
     if len(result.losses) < 2:
+        if result.interrupted:
+            print(f"interrupted at step {len(result.losses)}: too few steps to suggest a rate")
+            return 128 + result.interrupted
         step, lr = result.stopped
         raise GpucnnError(f"the loss diverged at step {step} (lr {lr:.3g}); start lower (--start-lr)")
-    ended = (f"stopped at step {result.stopped[0]} of {args.steps}, lr {result.stopped[1]:.3g}: the smoothed loss "
+    ended = (f"interrupted at step {len(result.losses)} of {args.steps}, lr {result.lrs[-1]:.3g}; "
+             f"what follows is from the steps taken" if result.interrupted else
+             f"stopped at step {result.stopped[0]} of {args.steps}, lr {result.stopped[1]:.3g}: the smoothed loss "
              f"passed {DIVERGED:g}x its minimum, or a loss was not finite" if result.stopped
              else f"ran all {args.steps} steps without diverging (raise --end-lr to see where it does)")
     print(ended)
@@ -174,4 +183,4 @@ def run(args):
     title = f"lr-find: {config['model']} on {data.name}, {config['optimizer']}, batch {config['batch_size']}"
     draw(result, out_path, fmt, title)
     print(f"wrote {out_path}")
-    return 0
+    return 128 + result.interrupted if result.interrupted else 0

@@ -140,3 +140,44 @@ def test_help_shows_the_train_flags_it_shares(capsys):
     for flag in ("--model", "--dataset", "--data-dir", "--batch-size", "--optimizer", "--momentum", "--weight-decay",
                  "--seed", "--start-lr", "--end-lr", "--steps", "--output"):
         assert flag in out
+
+
+def test_ctrl_c_ends_the_sweep_with_its_plot_and_exit_130(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("sklearn")  # the built-in digits
+    pytest.importorskip("matplotlib")
+    from gpucnn import train as train_module
+
+    class CtrlCAfter30(train_module._Interrupt):
+        checks = 0
+
+        @property
+        def requested(self):
+            CtrlCAfter30.checks += 1
+            return CtrlCAfter30.checks > 30  # read once or twice a step
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    monkeypatch.setattr(train_module, "_Interrupt", CtrlCAfter30)
+    png = tmp_path / "sweep.png"
+    assert cli.main(["lr-find", "--no-progress", "-o", str(png)]) == 130
+    out = capsys.readouterr().out
+    assert 15 <= int(re.search(r"interrupted at step (\d+) of 100", out).group(1)) <= 31 and "suggested lr:" in out
+    assert png.read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.gpu
+def test_sweep_on_the_gpu(on_cupy):
+    from gpucnn import init, models
+    from gpucnn.data import load
+    from gpucnn.optim import make_optimizer
+
+    pytest.importorskip("sklearn")
+    data = load("digits")
+    init.seed(0)
+    model = models.small()
+    opt = make_optimizer("adam", model.parameters(), lr=1e-6)
+    result = lr_find.sweep(model, opt, ExponentialSweep(1e-6, 10.0, 80), data, {"batch_size": 64, "seed": 0},
+                           progress=False)
+    assert len(result.losses) > 20 and 1e-5 < result.min_over_10() < 1.0

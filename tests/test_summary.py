@@ -99,3 +99,13 @@ def test_summary_of_a_checkpoint_and_train_start_line(tmp_path, capsys):
     assert "small, input 1x8x8" in out and f"{macs:,}" in out and "at batch 256" in out
     assert cli.main(["summary", "--checkpoint", str(ckpt), "--model", "lenet"]) == 2
     assert "--checkpoint brings its own net" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_summary_on_the_gpu_matches_numpy_counts(on_cupy):
+    model = models.resnet20()
+    rows = summary.rows(model, (3, 32, 32))
+    assert sum(r.multiply_adds for r in rows) == 40_813_194
+    opt = make_optimizer("adam", model.parameters(), lr=1e-3)
+    kept, grads = summary.step_memory(model, opt, (3, 32, 32), 10, 8)
+    assert kept > 8 * 3 * 32 * 32 * 4 and grads == summary.parameter_bytes(model)
