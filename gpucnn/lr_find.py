@@ -18,7 +18,6 @@ steps, which pushes the steepest point towards the divergence: LeNet on MNIST wi
 one epoch at constant lr, reaches 0.980 test accuracy at min/10 (0.0026) and 0.939 at the
 steepest point (0.0215), so min/10 is the one suggested. Nothing is saved but the plot.
 """
-import contextlib
 import dataclasses
 import itertools
 import math
