@@ -118,6 +118,7 @@ def build_parser():
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's logits with its horizontal flip's (default: as the run was trained)")
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's moving average of the weights (train --ema)")
+    _eval_view_flags(p)
     _backend_flags(p)
     p.set_defaults(func=cmd_eval)
     _predict_parser(sub)
@@ -135,6 +136,18 @@ def build_parser():
                         "(default: curves.png)")
     p.set_defaults(func=cmd_plot)
     return parser
+
+
+def _eval_view_flags(p):
+    image = ("; format from the suffix as for plot -o, replaces only an image of that format (needs matplotlib: "
+             "pip install 'gpucnn[plot]')")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document: accuracy, loss, per-class precision, recall, F1 and support, and the "
+                        "confusion matrix (rows: true class)")
+    p.add_argument("--confusion-matrix", metavar="FILE.png", help="draw the confusion matrix, counts and row-normalised" + image)
+    p.add_argument("--mistakes", metavar="FILE.png",
+                   help="draw the most confidently wrong test images with true and predicted class" + image)
+    p.add_argument("--mistakes-count", type=int, default=25, metavar="N", help="images in the --mistakes grid (default: 25)")
 
 
 def _predict_parser(sub):
@@ -324,13 +337,14 @@ def _train(args, comm):
 
 
 def cmd_eval(args):
-    from gpucnn import models, validate
+    from gpucnn import eval_report, models, validate
     from gpucnn.checkpoint import CheckpointError, check_model_state, load_checkpoint
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
-    from gpucnn.train import evaluate
+    from gpucnn.evaluation import predict
 
     validate.check_eval_settings(args)
+    images = eval_report.check_outputs(args, args.dataset if _is_path(args.dataset) else None)
     ckpt = load_checkpoint(args.checkpoint)
     validate.check_saved_run(ckpt, args.checkpoint, for_resume=False)
     config = ckpt["meta"]["config"]
@@ -360,15 +374,12 @@ def cmd_eval(args):
     mean = numpy.asarray(ckpt["meta"].get("mean", data.mean), dtype=numpy.float32)
     std = numpy.asarray(ckpt["meta"].get("std", data.std), dtype=numpy.float32)
     tta = config.get("tta", False) if args.tta is None else args.tta
-    loss, acc, per_class = evaluate(model, data.x_test, data.y_test, mean, std,
-                                    batch_size=args.batch_size, classes=classes, tta=tta)
+    predictions = predict(model, data.x_test, data.y_test, mean, std, batch_size=args.batch_size, classes=classes, tta=tta)
     names = list(data.classes) + [str(i) for i in range(len(data.classes), classes)]
     how = ", ".join(w for w, on in (("moving-average weights", args.ema), ("flip TTA", tta)) if on)
-    print(f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images{'; ' + how if how else ''}): "
-          f"loss {loss:.4f}, accuracy {acc:.4f}")
-    print(f"{'class':<16} {'accuracy':>8}")
-    for label, a in zip(names, per_class):
-        print(f"{str(label):<16} {a:>8.4f}")
+    eval_report.show(args, predictions, names, data.x_test, images,
+                     header=f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images{'; ' + how if how else ''})",
+                     about={"checkpoint": args.checkpoint, "dataset": data.name, "ema": bool(args.ema), "tta": bool(tta)})
     return 0
 
 

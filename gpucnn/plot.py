@@ -44,10 +44,41 @@ def output_path(out_path):
 
 def check_plot_output(metrics_path, out_path):
     """Start-up check of -o: a new file, or an image of the same format; returns (path, format)."""
+    return check_image_output(out_path, "-o", METRICS=metrics_path)
+
+
+def check_image_output(out_path, flag, **inputs):
+    """Start-up check of an image a command will write (`flag` names it in errors): a new
+    file, or an image of the same format, and none of `inputs` (flag -> path); returns
+    (path, format)."""
     out_path, fmt = output_path(out_path)
-    check_distinct(**{"METRICS": metrics_path, "-o": out_path})
+    check_distinct(**inputs, **{flag: out_path})
     check_output(out_path, what=f"{fmt} image", is_ours=lambda p: LOOKS_LIKE[fmt](_head(p)))
     return out_path, fmt
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or the error saying how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GpucnnError("plotting needs matplotlib: pip install 'gpucnn[plot]'") from None
+    return plt
+
+
+def save_figure(fig, out_path, fmt):
+    """Write `fig` to a path check_image_output returned (atomically), and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        write_atomically(out_path, lambda f: fig.savefig(f, format=fmt, dpi=120), what=f"{fmt} image")
+    except (ValueError, ImportError, RuntimeError) as e:  # a format this matplotlib cannot write
+        raise GpucnnError(f"{out_path}: matplotlib cannot write {fmt}: {e}") from None
+    finally:
+        plt.close(fig)
 
 
 def _head(path, n=4096):
@@ -62,13 +93,7 @@ def plot(metrics_path, out_path):
     """Draw the curves of `metrics_path` into `out_path`; returns the path written."""
     out_path, fmt = check_plot_output(metrics_path, out_path)
     rows = read_metrics(metrics_path)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GpucnnError("plotting needs matplotlib: pip install 'gpucnn[plot]'") from None
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
@@ -82,10 +107,5 @@ def plot(metrics_path, out_path):
         ax.legend()
     fig.suptitle(os.path.basename(str(metrics_path)))
     fig.tight_layout()
-    try:
-        write_atomically(out_path, lambda f: fig.savefig(f, format=fmt, dpi=120), what=f"{fmt} image")
-    except (ValueError, ImportError, RuntimeError) as e:  # a format this matplotlib cannot write
-        raise GpucnnError(f"{out_path}: matplotlib cannot write {fmt}: {e}") from None
-    finally:
-        plt.close(fig)
+    save_figure(fig, out_path, fmt)
     return out_path
