@@ -71,6 +71,12 @@ def _train_parser(sub):
                    help="append one strict-JSON object per epoch; FILE must be new, empty, or have every line such an "
                         "object (with epoch, train_loss, train_acc, test_loss, test_acc); its directory is created "
                         "if missing (default: none)")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard scalars (per epoch, and loss and lr every --tensorboard-every steps) and the "
+                        "configuration as hparams into DIR (created if missing; a new run needs one without event "
+                        "files, a --resume goes on in the same DIR); needs pip install 'gpucnn[tensorboard]' (default: none)")
+    p.add_argument("--tensorboard-every", type=int, default=50, metavar="N",
+                   help="steps between the per-step TensorBoard scalars; each reads the loss back from the device (default: 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     _distributed_flags(p)
     p.set_defaults(func=cmd_train)
@@ -272,6 +278,10 @@ def _train(args, comm):
     config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
     save, metrics_out = validate.check_train_outputs(args, config)
+    if args.tensorboard:
+        from gpucnn.tensorboard_log import check_directory
+
+        args.tensorboard = check_directory(args.tensorboard, args.tensorboard_every, resumed=ckpt is not None)
     if args.init_from:
         from gpucnn.init_from import check_source
 
@@ -320,13 +330,15 @@ def _train(args, comm):
           f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
           f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else "")
           + (f", {comm.size} ranks (global batch {config['batch_size']})" if comm.size > 1 else ""))
-    if metrics_out and ckpt is None and comm.rank == 0:
-        from gpucnn import metrics
+    from gpucnn.sinks import open_sinks
 
-        metrics.start(metrics_out)  # a new run's metrics replace an earlier run's; a resume appends
+    # A new run's metrics replace an earlier run's; a resume appends. Rank 0 alone holds sinks.
+    sinks = open_sinks(rank=comm.rank, metrics_path=metrics_out, tensorboard_dir=args.tensorboard,
+                       every=args.tensorboard_every, config=config, new_run=ckpt is None,
+                       first_step=start["epoch"] * steps_per_epoch + start["step"] if start else 0)
     try:
         fit(model, optimizer, schedule, data, config, start=start, save_path=save,
-            metrics_path=metrics_out, progress=not args.no_progress and comm.rank == 0,
+            sinks=sinks, progress=not args.no_progress and comm.rank == 0,
             stop_after=args.stop_after, comm=comm, ema=recipe.ema)
     except TrainingStopped as e:
         print(f"gpucnn: {e}", file=sys.stderr)
