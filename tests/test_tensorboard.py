@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy
 import pytest
 
 from gpucnn import cli
@@ -131,3 +132,50 @@ def test_under_mpirun_rank_0_alone_writes(tmp_path):
     losses = [v for _, v in tags["step/train_loss"]]
     assert len(losses) == STEPS
     assert (sum(losses[:-1]) * 128 + losses[-1] * (1442 - 128 * (STEPS - 1))) / 1442 == pytest.approx(row["train_loss"], rel=1e-5)
+
+
+class _CountedLoss(numpy.ndarray):
+    """A 0-d loss that counts how often it is read back (float()), as a device scalar would sync."""
+    reads = 0
+
+    def __float__(self):
+        type(self).reads += 1
+        return float(self.view(numpy.ndarray))
+
+
+class _Recorder:
+    def __init__(self):
+        self.steps = []
+
+    def step(self, step, values):
+        self.steps.append((step, values))
+
+    def epoch(self, row, step):
+        pass
+
+    def close(self, finished):
+        pass
+
+
+@pytest.mark.parametrize("every", [None, 50])
+def test_on_the_gpu_the_loss_is_read_back_only_every_n_steps(every):
+    """The loop's GPU path reads the loss for its NaN check every 20 steps; the per-step
+    sink adds a read only at its own steps (50, 100), never one per step."""
+    from types import SimpleNamespace
+
+    from gpucnn.sinks import Sinks
+    from gpucnn.train import _Epoch
+
+    def step_fn(x, y):
+        return numpy.asarray(0.5).view(_CountedLoss), numpy.int64(len(y))
+
+    recorder = _Recorder()
+    sinks = Sinks([recorder], every) if every else Sinks()
+    optimizer = SimpleNamespace(lr=0.0)
+    run = _Epoch(step_fn, optimizer, lambda step: 0.1, 0, 100, {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0},
+                 {"epochs": 1}, False, None, sinks)
+    run.on_gpu = True  # the path a CuPy run takes; the arrays stay NumPy
+    _CountedLoss.reads = 0
+    run.run([(None, numpy.zeros(4, numpy.int64))] * 100, 0, SimpleNamespace(requested=False), None)
+    assert _CountedLoss.reads == 5 + (2 if every else 0)  # steps 20, 40, 60, 80, 100 (+ 50, 100)
+    assert recorder.steps == ([(50, {"train_loss": 0.5, "lr": 0.1}), (100, {"train_loss": 0.5, "lr": 0.1})] if every else [])
