@@ -33,7 +33,8 @@ def check_directory(path, every, *, resumed):
         raise GpucnnError(INSTALL) from None
 
     def problem(real):
-        if not resumed and glob.glob(os.path.join(glob.escape(real), "**", EVENTS), recursive=True):
+        # Only DIR itself: TensorBoard shows each sub-directory as a run of its own.
+        if not resumed and glob.glob(os.path.join(glob.escape(real), EVENTS)):
             return ("already holds TensorBoard event files of another run; give a new directory "
                     "(or --resume the run that wrote them)")
         return None
