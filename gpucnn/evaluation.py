@@ -3,7 +3,7 @@
 `gpucnn eval` prints accuracy and per-class accuracy from them, writes the JSON report,
 draws the confusion matrix and the grid of mistakes: all from one pass over the set.
 The loss is the training loop's own (plain cross-entropy, no label smoothing), summed
-per batch exactly as gpucnn.train.evaluate sums it.
+per batch by the same loop (`batches`) gpucnn.train.evaluate runs.
 """
 from dataclasses import dataclass
 
@@ -12,6 +12,7 @@ import numpy
 from gpucnn import backend
 from gpucnn.data.batches import iterate
 from gpucnn.layers import SoftmaxCrossEntropy
+from gpucnn.layers.base import leaf_dtype
 from gpucnn.layers.softmax import softmax
 from gpucnn.tta import predict_logits
 
@@ -51,22 +52,30 @@ class Predictions:
             return [float(v) for v in numpy.diag(cm) / support]
 
 
-def predict(model, x, y, mean, std, *, classes, batch_size=1000, tta=False):
-    """Predictions of `model` in eval mode on images x (NCHW, as stored) with labels y."""
-    xp = backend.xp
+def batches(model, x, y, mean, std, *, batch_size=1000, tta=False):
+    """Each batch's (logits, labels, summed cross-entropy) on the device, `model` in eval
+    mode meanwhile: the one evaluation loop, for predict and for the training loop's
+    gpucnn.train.evaluate."""
     was_training = model.training
     model.eval()
-    loss_fn = SoftmaxCrossEntropy(dtype=model.dtype)
-    total_loss = xp.zeros((), dtype=xp.float64)
-    predicted, probabilities = [], []
+    loss_fn = SoftmaxCrossEntropy(dtype=leaf_dtype(model))
     try:
         for xb, yb in iterate(x, y, batch_size, shuffle=False, seed=0, epoch=0, mean=mean, std=std):
             logits = predict_logits(model, xb, tta)
-            total_loss += loss_fn.forward(logits, yb, check=False) * len(yb)
-            predicted.append(backend.to_numpy(logits.argmax(axis=1)))
-            probabilities.append(backend.to_numpy(softmax(logits.astype(xp.float32))))
+            yield logits, yb, loss_fn.forward(logits, yb, check=False) * len(yb)
     finally:
         model.train(was_training)
+
+
+def predict(model, x, y, mean, std, *, classes, batch_size=1000, tta=False):
+    """Predictions of `model` in eval mode on images x (NCHW, as stored) with labels y."""
+    xp = backend.xp
+    total_loss = xp.zeros((), dtype=xp.float64)
+    predicted, probabilities = [], []
+    for logits, _, loss in batches(model, x, y, mean, std, batch_size=batch_size, tta=tta):
+        total_loss += loss
+        predicted.append(backend.to_numpy(logits.argmax(axis=1)))
+        probabilities.append(backend.to_numpy(softmax(logits.astype(xp.float32))))
     n = len(y)
     return Predictions(
         labels=numpy.asarray(y, dtype=numpy.int64),

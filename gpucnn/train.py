@@ -14,13 +14,12 @@ import time
 import numpy
 from tqdm import tqdm
 
-from gpucnn import backend, distributed
+from gpucnn import backend, distributed, evaluation
 from gpucnn.checkpoint import save_checkpoint
 from gpucnn.data.batches import iterate, num_batches, share
 from gpucnn.layers import SoftmaxCrossEntropy
 from gpucnn.layers.dropout import set_draws
 from gpucnn.sinks import Sinks, open_sinks
-from gpucnn.tta import predict_logits
 
 
 class TrainingStopped(RuntimeError):
@@ -84,18 +83,13 @@ def evaluate(model, x, y, mean, std, batch_size=1000, classes=None, tta=False, c
     if comm is not None and comm.size > 1:
         lo, hi = share(n_total, comm.rank, comm.size)
         x, y = x[lo:hi], y[lo:hi]
-    was_training = model.training
-    model.eval()
-    loss_fn = SoftmaxCrossEntropy(dtype=_dtype(model))
     total_loss = xp.zeros((), dtype=xp.float64)
     hits = xp.zeros(n_classes, dtype=xp.int64)
     counts = xp.zeros(n_classes, dtype=xp.int64)
-    for xb, yb in iterate(x, y, batch_size, shuffle=False, seed=0, epoch=0, mean=mean, std=std):
-        logits = predict_logits(model, xb, tta)
-        total_loss += loss_fn.forward(logits, yb, check=False) * len(yb)
+    for logits, yb, loss in evaluation.batches(model, x, y, mean, std, batch_size=batch_size, tta=tta):
+        total_loss += loss
         hits += xp.bincount(yb[logits.argmax(axis=1) == yb], minlength=n_classes)
         counts += xp.bincount(yb, minlength=n_classes)
-    model.train(was_training)
     hits, counts = backend.to_numpy(hits), backend.to_numpy(counts)
     if comm is not None and comm.size > 1:
         summed = comm.sum_host([float(total_loss), *hits, *counts])
