@@ -115,7 +115,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export,check,plot}")
     _train_parser(sub)
 
-    p = sub.add_parser("eval", help="test loss, accuracy and per-class accuracy of a checkpoint")
+    p = sub.add_parser("eval", help="test loss, accuracy and per-class metrics of a checkpoint; its confusion matrix and mistakes drawn")
     p.add_argument("--checkpoint", required=True, help="checkpoint file written by gpucnn train")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the checkpoint's)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the checkpoint's)")
