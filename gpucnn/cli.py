@@ -60,6 +60,12 @@ def _train_parser(sub):
                    help="append one strict-JSON object per epoch; FILE must be new, empty, or have every line such an "
                         "object (with epoch, train_loss, train_acc, test_loss, test_acc); its directory is created "
                         "if missing (default: none)")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard scalars (per epoch, and loss and lr every --tensorboard-every steps) and the "
+                        "configuration as hparams into DIR (created if missing; a new run needs one without event "
+                        "files, a --resume goes on in the same DIR); needs pip install 'gpucnn[tensorboard]' (default: none)")
+    p.add_argument("--tensorboard-every", type=int, default=50, metavar="N",
+                   help="steps between the per-step TensorBoard scalars; each reads the loss back from the device (default: 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     _distributed_flags(p)
     p.set_defaults(func=cmd_train)
@@ -129,7 +135,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export,check,plot,summary,profile,lr-find}")
     _train_parser(sub)
 
-    p = sub.add_parser("eval", help="test loss, accuracy and per-class accuracy of a checkpoint")
+    p = sub.add_parser("eval", help="test loss, accuracy and per-class metrics of a checkpoint; its confusion matrix and mistakes drawn")
     p.add_argument("--checkpoint", required=True, help="checkpoint file written by gpucnn train")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the checkpoint's)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the checkpoint's)")
@@ -138,6 +144,7 @@ def build_parser():
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's logits with its horizontal flip's (default: as the run was trained)")
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's moving average of the weights (train --ema)")
+    _eval_view_flags(p)
     _backend_flags(p)
     p.set_defaults(func=cmd_eval)
     _predict_parser(sub)
@@ -213,6 +220,18 @@ def _lr_find_parser(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _backend_flags(p)
     p.set_defaults(func=cmd_lr_find)
+
+
+def _eval_view_flags(p):
+    image = ("; format from the suffix as for plot -o, replaces only an image of that format (needs matplotlib: "
+             "pip install 'gpucnn[plot]')")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document: accuracy, loss, per-class precision, recall, F1 and support, and the "
+                        "confusion matrix (rows: true class)")
+    p.add_argument("--confusion-matrix", metavar="FILE.png", help="draw the confusion matrix, counts and row-normalised" + image)
+    p.add_argument("--mistakes", metavar="FILE.png",
+                   help="draw the most confidently wrong test images with true and predicted class" + image)
+    p.add_argument("--mistakes-count", type=int, default=25, metavar="N", help="images in the --mistakes grid (default: 25)")
 
 
 def _predict_parser(sub):
@@ -337,6 +356,10 @@ def _train(args, comm):
     config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
     save, metrics_out = validate.check_train_outputs(args, config)
+    if args.tensorboard:
+        from gpucnn.tensorboard_log import check_directory
+
+        args.tensorboard = check_directory(args.tensorboard, args.tensorboard_every, resumed=ckpt is not None)
     if args.init_from:
         from gpucnn.init_from import check_source
 
@@ -388,13 +411,15 @@ def _train(args, comm):
           f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
           f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else "")
           + (f", {comm.size} ranks (global batch {config['batch_size']})" if comm.size > 1 else ""))
-    if metrics_out and ckpt is None and comm.rank == 0:
-        from gpucnn import metrics
+    from gpucnn.sinks import open_sinks
 
-        metrics.start(metrics_out)  # a new run's metrics replace an earlier run's; a resume appends
+    # A new run's metrics replace an earlier run's; a resume appends. Rank 0 alone holds sinks.
+    sinks = open_sinks(rank=comm.rank, metrics_path=metrics_out, tensorboard_dir=args.tensorboard,
+                       every=args.tensorboard_every, config=config, new_run=ckpt is None,
+                       first_step=start["epoch"] * steps_per_epoch + start["step"] if start else 0)
     try:
         fit(model, optimizer, schedule, data, config, start=start, save_path=save,
-            metrics_path=metrics_out, progress=not args.no_progress and comm.rank == 0,
+            sinks=sinks, progress=not args.no_progress and comm.rank == 0,
             stop_after=args.stop_after, comm=comm, ema=recipe.ema)
     except TrainingStopped as e:
         print(f"gpucnn: {e}", file=sys.stderr)
@@ -405,13 +430,14 @@ def _train(args, comm):
 
 
 def cmd_eval(args):
-    from gpucnn import models, validate
+    from gpucnn import eval_report, models, validate
     from gpucnn.checkpoint import CheckpointError, check_model_state, load_checkpoint
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
-    from gpucnn.train import evaluate
+    from gpucnn.evaluation import predict
 
     validate.check_eval_settings(args)
+    images = eval_report.check_outputs(args, args.dataset if _is_path(args.dataset) else None)
     ckpt = load_checkpoint(args.checkpoint)
     validate.check_saved_run(ckpt, args.checkpoint, for_resume=False)
     config = ckpt["meta"]["config"]
@@ -441,15 +467,12 @@ def cmd_eval(args):
     mean = numpy.asarray(ckpt["meta"].get("mean", data.mean), dtype=numpy.float32)
     std = numpy.asarray(ckpt["meta"].get("std", data.std), dtype=numpy.float32)
     tta = config.get("tta", False) if args.tta is None else args.tta
-    loss, acc, per_class = evaluate(model, data.x_test, data.y_test, mean, std,
-                                    batch_size=args.batch_size, classes=classes, tta=tta)
+    predictions = predict(model, data.x_test, data.y_test, mean, std, batch_size=args.batch_size, classes=classes, tta=tta)
     names = list(data.classes) + [str(i) for i in range(len(data.classes), classes)]
     how = ", ".join(w for w, on in (("moving-average weights", args.ema), ("flip TTA", tta)) if on)
-    print(f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images{'; ' + how if how else ''}): "
-          f"loss {loss:.4f}, accuracy {acc:.4f}")
-    print(f"{'class':<16} {'accuracy':>8}")
-    for label, a in zip(names, per_class):
-        print(f"{str(label):<16} {a:>8.4f}")
+    eval_report.show(args, predictions, names, data.x_test, images,
+                     header=f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images{'; ' + how if how else ''})",
+                     about={"checkpoint": args.checkpoint, "dataset": data.name, "ema": bool(args.ema), "tta": bool(tta)})
     return 0
 
 

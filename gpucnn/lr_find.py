@@ -139,7 +139,7 @@ def run(args):
     from gpucnn.errors import GpucnnError
     from gpucnn.optim import make_optimizer
     from gpucnn.optim.schedules import ExponentialSweep
-    from gpucnn.plot import check_plot_output, pyplot
+    from gpucnn.plot import check_image_output, pyplot
 
     config, _, _ = _config(args)
     validate.check_train_settings(config)
@@ -148,7 +148,7 @@ def run(args):
     except ValueError as e:
         raise GpucnnError(str(e).replace("start lr", "--start-lr").replace("end lr", "--end-lr")
                           .replace("steps", "--steps", 1)) from None
-    out_path, fmt = check_plot_output(config["dataset"] if config["dataset"].endswith(".npz") else None, args.output)
+    out_path, fmt = check_image_output(args.output, "-o", **{"--dataset": config["dataset"] if config["dataset"].endswith(".npz") else None})
     pyplot()  # a missing matplotlib is told before the sweep
     data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir)
     validate.check_splits(data, ("train",))

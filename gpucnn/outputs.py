@@ -42,7 +42,30 @@ def check_output(path, *, what, is_ours):
             raise OutputError(f"{path}: is not a regular file (a device, FIFO, socket or broken link); refusing to write the {what} there")
         if not is_ours(real):
             raise OutputError(f"{path}: already exists and is not a gpucnn {what}; refusing to overwrite it (choose another path or move the file)")
-    directory = os.path.dirname(real) or "."
+    _writable_directory(os.path.dirname(real) or ".", path, what, probe_name=os.path.basename(real))
+    return real
+
+
+def check_output_directory(path, *, what, problem=lambda real: None):
+    """The real path of a directory gpucnn will add `what` (e.g. "TensorBoard log") files to,
+    or OutputError. Created if missing; a file, device or FIFO there is refused, and so is
+    an existing directory for which `problem(real_path)` gives a reason (a phrase). Nothing
+    in it is ever removed or replaced."""
+    path = os.fspath(path)
+    if not path:
+        raise OutputError(f"empty path given for the {what}")
+    real = os.path.realpath(path)
+    if os.path.lexists(real) and not os.path.isdir(real):
+        raise OutputError(f"{path}: is not a directory (a file, device or broken link); give a directory for the {what}")
+    why = problem(real) if os.path.isdir(real) else None
+    if why:
+        raise OutputError(f"{path}: {why}")
+    _writable_directory(real, path, what, probe_name="gpucnn")
+    return real
+
+
+def _writable_directory(directory, path, what, probe_name):
+    """Create `directory` if missing and prove a file can be made in it (OutputError if not)."""
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as e:
@@ -50,12 +73,11 @@ def check_output(path, *, what, is_ours):
     if not os.access(directory, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: the directory {directory} is not writable; cannot write the {what}")
     try:  # access() says yes to root everywhere, and to places like /proc: try the real thing
-        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(real)}.", suffix=".tmp", dir=directory)
+        fd, probe = tempfile.mkstemp(prefix=f".{probe_name}.", suffix=".tmp", dir=directory)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
         raise OutputError(f"{path}: cannot create a file in {directory} ({e.strerror or e}); cannot write the {what}") from None
-    return real
 
 
 def check_distinct(**paths):

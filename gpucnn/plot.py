@@ -44,10 +44,41 @@ def output_path(out_path):
 
 def check_plot_output(metrics_path, out_path):
     """Start-up check of -o: a new file, or an image of the same format; returns (path, format)."""
+    return check_image_output(out_path, "-o", METRICS=metrics_path)
+
+
+def check_image_output(out_path, flag, **inputs):
+    """Start-up check of an image a command will write (`flag` names it in errors): a new
+    file, or an image of the same format, and none of `inputs` (flag -> path); returns
+    (path, format)."""
     out_path, fmt = output_path(out_path)
-    check_distinct(**{"METRICS": metrics_path, "-o": out_path})
+    check_distinct(**inputs, **{flag: out_path})
     check_output(out_path, what=f"{fmt} image", is_ours=lambda p: LOOKS_LIKE[fmt](_head(p)))
     return out_path, fmt
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or the error saying how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GpucnnError("plotting needs matplotlib: pip install 'gpucnn[plot]'") from None
+    return plt
+
+
+def save_figure(fig, out_path, fmt):
+    """Write `fig` to a path check_image_output returned (atomically), and close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        write_atomically(out_path, lambda f: fig.savefig(f, format=fmt, dpi=120), what=f"{fmt} image")
+    except (ValueError, ImportError, RuntimeError) as e:  # a format this matplotlib cannot write
+        raise GpucnnError(f"{out_path}: matplotlib cannot write {fmt}: {e}") from None
+    finally:
+        plt.close(fig)
 
 
 def _head(path, n=4096):
@@ -78,27 +109,3 @@ def plot(metrics_path, out_path):
     fig.tight_layout()
     save_figure(fig, out_path, fmt)
     return out_path
-
-
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or a GpucnnError saying how to install it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GpucnnError("plotting needs matplotlib: pip install 'gpucnn[plot]'") from None
-    return plt
-
-
-def save_figure(fig, out_path, fmt):
-    """Write `fig` atomically to a path check_plot_output passed, then close it."""
-    import matplotlib.pyplot as plt
-
-    try:
-        write_atomically(out_path, lambda f: fig.savefig(f, format=fmt, dpi=120), what=f"{fmt} image")
-    except (ValueError, ImportError, RuntimeError) as e:  # a format this matplotlib cannot write
-        raise GpucnnError(f"{out_path}: matplotlib cannot write {fmt}: {e}") from None
-    finally:
-        plt.close(fig)

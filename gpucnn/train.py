@@ -14,12 +14,12 @@ import time
 import numpy
 from tqdm import tqdm
 
-from gpucnn import backend, distributed, metrics
+from gpucnn import backend, distributed, evaluation
 from gpucnn.checkpoint import save_checkpoint
 from gpucnn.data.batches import iterate, num_batches, share
 from gpucnn.layers import SoftmaxCrossEntropy
 from gpucnn.layers.dropout import set_draws
-from gpucnn.tta import predict_logits
+from gpucnn.sinks import Sinks, open_sinks
 
 
 class TrainingStopped(RuntimeError):
@@ -83,18 +83,13 @@ def evaluate(model, x, y, mean, std, batch_size=1000, classes=None, tta=False, c
     if comm is not None and comm.size > 1:
         lo, hi = share(n_total, comm.rank, comm.size)
         x, y = x[lo:hi], y[lo:hi]
-    was_training = model.training
-    model.eval()
-    loss_fn = SoftmaxCrossEntropy(dtype=_dtype(model))
     total_loss = xp.zeros((), dtype=xp.float64)
     hits = xp.zeros(n_classes, dtype=xp.int64)
     counts = xp.zeros(n_classes, dtype=xp.int64)
-    for xb, yb in iterate(x, y, batch_size, shuffle=False, seed=0, epoch=0, mean=mean, std=std):
-        logits = predict_logits(model, xb, tta)
-        total_loss += loss_fn.forward(logits, yb, check=False) * len(yb)
+    for logits, yb, loss in evaluation.batches(model, x, y, mean, std, batch_size=batch_size, tta=tta):
+        total_loss += loss
         hits += xp.bincount(yb[logits.argmax(axis=1) == yb], minlength=n_classes)
         counts += xp.bincount(yb, minlength=n_classes)
-    model.train(was_training)
     hits, counts = backend.to_numpy(hits), backend.to_numpy(counts)
     if comm is not None and comm.size > 1:
         summed = comm.sum_host([float(total_loss), *hits, *counts])
@@ -149,7 +144,7 @@ class _Interrupt:
 
 
 def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None, metrics_path=None,
-        log=print, progress=True, stop_after=None, comm=None, ema=None):
+        log=print, progress=True, stop_after=None, comm=None, ema=None, sinks=None):
     """Train for config['epochs'] epochs; return the list of per-epoch metric dicts.
 
     `start` (from a checkpoint) holds epoch, step (batches done in that epoch) and the
@@ -159,11 +154,16 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
 
     `comm` (gpucnn.distributed) of several ranks: data-parallel. Each rank steps on its
     share of every global batch; only rank 0 writes the checkpoint and metrics.
+
+    `sinks` (gpucnn.sinks.Sinks) get every epoch's record and, every N steps, the step's
+    loss and learning rate; fit closes them. Without it, rank 0 appends to `metrics_path`.
     """
     epochs = config["epochs"]
     steps_per_epoch = num_batches(len(data.y_train), config["batch_size"], drop_last=False)
     start = start or {"epoch": 0, "step": 0, **_ZERO_SUMS}
     comm = comm or distributed.Single()
+    if sinks is None:
+        sinks = open_sinks(rank=comm.rank, metrics_path=metrics_path, new_run=False)
     sync = distributed.GradientSync(comm, model, backend.xp) if comm.size > 1 else None
     step_fn = make_step(model, optimizer, config.get("graph", True), label_smoothing=config.get("label_smoothing", 0.0),
                         ema=ema, sync=sync)
@@ -197,12 +197,12 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     stream = getattr(step_fn, "stream", None)
     # A diverging run overflows inside NumPy; the loss check reports it in words.
     with _Interrupt() as interrupt, (stream if stream is not None else contextlib.nullcontext()), \
-            numpy.errstate(over="ignore", invalid="ignore"):
+            numpy.errstate(over="ignore", invalid="ignore"), sinks:
         for epoch in range(start["epoch"], min(epochs, stop_after or epochs)):
             resumed = epoch == start["epoch"]
             first = start["step"] if resumed else 0
             sums = {k: start[k] for k in _ZERO_SUMS} if resumed else dict(_ZERO_SUMS)
-            epoch_run = _Epoch(step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync)
+            epoch_run = _Epoch(step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync, sinks)
             batches = iterate(data.x_train, data.y_train, config["batch_size"], shuffle=True, seed=config["seed"],
                               epoch=epoch, mean=data.mean, std=data.std, augment=config.get("augment", False),
                               skip=first, shard=(comm.rank, comm.size) if sync else None)
@@ -239,8 +239,7 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 + (f"ema_test_acc {row['ema_test_acc']:.4f} - " if ema is not None else "")
                 + f"{row['images_per_s']:,.0f} img/s")
             checkpoint(epoch + 1, 0, dict(_ZERO_SUMS))  # first: a failing metrics write must not cost it
-            if metrics_path and comm.rank == 0:
-                metrics.append(metrics_path, row)
+            sinks.epoch(row, step=(epoch + 1) * steps_per_epoch)
     return history
 
 
@@ -259,9 +258,11 @@ _ZERO_SUMS = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
 class _Epoch:
     """One epoch's steps: progress bar, running sums kept on the device, NaN check, Ctrl-C."""
 
-    def __init__(self, step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync=None):
+    def __init__(self, step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync=None,
+                 sinks=None):
         xp = backend.xp
         self.step_fn, self.optimizer, self.schedule, self.sync = step_fn, optimizer, schedule, sync
+        self.sinks = sinks or Sinks()
         self.epoch, self.steps = epoch, steps_per_epoch
         self.on_gpu = xp is backend.cupy_module()
         self.refresh = max(1, config.get("refresh_every", 20))
@@ -292,6 +293,9 @@ class _Epoch:
                 self.correct += right
                 self.seen += count
                 self.done = step + 1
+                at = self.epoch * self.steps + self.done
+                if self.sinks.wants_step(at):  # every N steps: the only other read-back of the loss
+                    self.sinks.step(at, train_loss=float(loss), lr=self.optimizer.lr)
                 last = self.done == self.steps
                 # Data-parallel, a rank's own Ctrl-C must not change which steps read back:
                 # every rank reads the job's stop flag after the same steps.
