@@ -270,13 +270,17 @@ def launch(required=False, device=None, environ=os.environ):
         if device is not None and _cupy_wanted(environ):
             _use_device(0, device)
         return Single()
+    where = f"{var}={want} says this process was started by an MPI launcher" if want is not None else \
+        "--distributed was given"
     try:
         from mpi4py import MPI
     except ImportError as e:
-        where = f"{var}={want} says this process was started by an MPI launcher" if want is not None else \
-            "--distributed was given"
         raise DistributedError(f"{where}, but mpi4py is not installed ({e}); "
                                f"install it with: pip install 'gpucnn[dist]'") from None
+    except RuntimeError as e:  # mpi4py is there, the MPI library it loads at import is not
+        found = " ".join(str(e).split())
+        raise DistributedError(f"{where}, but mpi4py cannot load an MPI library ({found}); install one "
+                               f"(pip install mpich, or your cluster's MPI) or point MPI4PY_LIBMPI at it") from None
     world = MPI.COMM_WORLD
     size = world.Get_size()
     if want and want != size:
