@@ -203,12 +203,10 @@ class NCCLCommunicator(MPICommunicator):
         _synchronize_device()
         super().barrier()
 
-    def abort(self, code=1):
-        try:
-            self.nccl_comm.abort()  # frees ranks blocked inside a device collective
-        except Exception:
-            pass
-        super().abort(code)
+    # abort: MPI_Abort alone, inherited. It ends every rank, those blocked in a device
+    # collective included. ncclCommAbort first would never return while a captured graph
+    # holds the communicator (NCCL 2.26 and later wait for every such graph to be
+    # destroyed, and the failing frame's traceback keeps the step and its graphs alive).
 
     def _type(self, buf):
         import numpy

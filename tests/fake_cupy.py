@@ -7,6 +7,7 @@ import ctypes
 import itertools
 import sys
 import types
+import weakref
 
 import numpy
 
@@ -84,13 +85,34 @@ class Stream:
         return self.capturing
 
     def begin_capture(self):
-        self.capturing = True
+        self.capturing, self.retained = True, []
         self.log("begin_capture")
+
+    def retain(self, release):
+        """What a library does with cudaUserObjectCreate + cudaGraphRetainUserObject while
+        capturing (NCCL, for its communicator): `release` runs when the graph is destroyed."""
+        assert self.capturing, "retain outside a capture"
+        self.retained.append(release)
 
     def end_capture(self):
         self.capturing = False
         self.log("end_capture")
-        return types.SimpleNamespace(launch=lambda stream: self.log("launch"))
+        return Graph(self.log, self.retained)
+
+
+class Graph:
+    def __init__(self, log, retained):
+        self.log = log
+        weakref.finalize(self, _release_all, list(retained), log)
+
+    def launch(self, stream):
+        self.log("launch")
+
+
+def _release_all(retained, log):
+    log("graph destroyed")
+    for release in retained:
+        release()
 
 
 class Pool:
@@ -178,12 +200,13 @@ def install(monkeypatch):
     fake = types.ModuleType("cupy")
     fake.ndarray = DeviceArray  # the layers' arrays are plain NumPy ones: they stay on NumPy
     fake.cuda = cuda
+    fake.is_stand_in = True
     fake.uint8, fake.float32, fake.float64 = numpy.uint8, numpy.float32, numpy.float64
     # a cuBLAS workspace is a Block; anything else, a DeviceArray
     fake.empty = lambda shape, dtype=None: Block(shape) if dtype is numpy.uint8 else \
         numpy.full(shape, numpy.nan, dtype).view(DeviceArray)  # cupy.empty's garbage, visibly
     fake.zeros = lambda shape, dtype=None: numpy.zeros(shape, dtype).view(DeviceArray)
-    fake.empty_like = numpy.empty_like
+    fake.empty_like = numpy.zeros_like  # what a capture computes on is never read: valid labels
     fake.get_default_memory_pool = lambda: default_pool
     monkeypatch.setitem(sys.modules, "cupy", fake)
     lib = CublasLib(log)
