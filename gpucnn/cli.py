@@ -244,7 +244,7 @@ def cmd_train(args):
 
 
 def _train(args, comm):
-    from gpucnn import backend, distributed, init, models, validate
+    from gpucnn import backend, distributed, init, models, same_run, validate
     from gpucnn.checkpoint import CheckpointError, check_model_state
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
@@ -263,6 +263,7 @@ def _train(args, comm):
         from gpucnn.init_from import check_source
 
         check_source(args.init_from)  # a missing file is told before the data loads
+    same_run.agree_on_flags(comm, args, config, start, save)  # before any rank may return or skip a step
     done = validate.finished(start, config, args.stop_after, args.resume)
     if done:
         print(done)
@@ -298,7 +299,8 @@ def _train(args, comm):
         if recipe.ema is not None:
             recipe.load_ema(ckpt, args.resume)
         print(f"resuming {args.resume} at epoch {start['epoch'] + 1}, step {start['step']}")
-    distributed.synchronise_start(comm, model, optimizer, config, data)
+    distributed.synchronise_start(comm, model, optimizer, config, data,
+                                  same_run.starting_weights(model, args.init_from or ckpt is not None))
     if recipe.ema is not None and ckpt is None:  # the average starts from the weights the run starts from
         recipe.ema.load_state_dict(model.state_dict())
     if config["sync_bn"]:

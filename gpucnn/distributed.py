@@ -369,24 +369,37 @@ def check_gpu_sharing(places, nccl_version, environ=os.environ):
 
 
 # --- the three points the training loop calls ------------------------------------------
-def synchronise_start(comm, model, optimizer, config, data):
-    """Check every rank built the same run, then give every rank rank 0's state.
+def agree(comm, facts):
+    """Raise the same RanksDisagree on every rank, naming what differs, unless every rank's
+    `facts` (a dict of picklable values) equal rank 0's.
 
-    The check compares what each rank will train (configuration, architecture, optimiser,
-    dataset sizes and label checksums, backend) from one gather, so on a mismatch every
-    rank raises the same RanksDisagree, naming what differs, instead of hanging in a
-    collective of the wrong size.
-    """
+    One gather of pickled objects (mpi4py's lowercase allgather: sizes first, then the
+    bytes), so ranks whose facts differ in size or kind still gather them whole, and every
+    rank sees the same list and takes the same branch."""
     if comm.size == 1:
         return
-    mine = _fingerprint(model, optimizer, config, data)
-    everyone = comm.allgather_object(mine)
+    everyone = comm.allgather_object(facts)
     keys = sorted(set().union(*everyone))
     problems = [f"rank {r}: {key} is {theirs.get(key)!r}, rank 0 has {everyone[0].get(key)!r}"
                 for r, theirs in enumerate(everyone) for key in keys if theirs.get(key) != everyone[0].get(key)]
     if problems:
         shown = "; ".join(problems[:4]) + (f"; ... ({len(problems) - 4} more)" if len(problems) > 4 else "")
         raise RanksDisagree(f"the ranks do not run the same training: {shown}")
+
+
+def synchronise_start(comm, model, optimizer, config, data, starting_weights=None):
+    """Check every rank built the same run, then give every rank rank 0's state.
+
+    The check compares what each rank will train (configuration, architecture, optimiser,
+    dataset sizes and label checksums, backend, and `starting_weights`: a checksum of what
+    --resume or --init-from loaded) from one gather, so on a mismatch every rank raises the
+    same RanksDisagree, naming what differs, instead of hanging in a collective of the
+    wrong size. (The flags are compared earlier: gpucnn.same_run.)
+    """
+    if comm.size == 1:
+        return
+    agree(comm, {**_fingerprint(model, optimizer, config, data),
+                 "the weights loaded (checksum)": starting_weights})
     for array in _state_arrays(model, optimizer):
         comm.broadcast(array)
     optimizer.lr = float(_host(optimizer.lr_array))
