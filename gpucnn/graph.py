@@ -144,7 +144,10 @@ def closed_after(step, comm):
         yield step
     except BaseException as e:
         if close is not None and (comm.size == 1 or getattr(e, "collective", False)):
-            close()
+            try:
+                close()
+            except Exception:  # a broken device fails this too: report the error that broke it
+                pass
         raise
     if close is not None:
         close()
