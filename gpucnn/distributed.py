@@ -299,6 +299,9 @@ def launch(required=False, device=None, environ=os.environ):
             _use_device(comm.local_rank, device)
         from gpucnn import backend
 
+        # Before any collective that only one backend makes (NCCL's set-up): a rank whose
+        # auto found no GPU would otherwise meet the others' in a collective of another kind.
+        agree(comm, {"the array backend (--backend, $GPUCNN_BACKEND)": backend.name()})
         if backend.name() == "cupy":
             nccl = nccl_module()
             check_gpu_sharing(comm.allgather_object(_where_am_i(MPI)), nccl.get_version(), environ)

@@ -87,6 +87,18 @@ def test_ranks_started_with_different_flags_are_told_before_training(tmp_path, f
 
 
 @needs_mpirun
+def test_ranks_on_different_backends_are_told_before_nccl_starts(tmp_path):
+    """A rank whose auto backend found a GPU beside one that did not: told at launch, before
+    the GPU rank sets NCCL up in collectives the other never makes."""
+    cmd = [sys.executable, WORKER, "train", *BASE, "--no-save"]
+    r = subprocess.run([MPIRUN, "-n", "2", *cmd], capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path,
+                       env=_env(GPUCNN_TEST_BACKEND="1,cupy"))
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    assert "rank 1: the array backend (--backend, $GPUCNN_BACKEND) is 'cupy', rank 0 has 'numpy'" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+@needs_mpirun
 def test_flags_that_may_differ_between_ranks_still_train(tmp_path):
     """--no-progress, --device and --save paths are the rank's own (rank 0 writes)."""
     r = two_ranks(["--save", str(tmp_path / "a.ckpt")], ["--save", str(tmp_path / "b.ckpt"), "--device", "0"],
