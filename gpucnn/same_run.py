@@ -21,7 +21,7 @@ PER_RANK = {
     "device": "each rank's own GPU; ranks that share one are refused (distributed.check_gpu_sharing)",
     "no_progress": "rank 0 alone draws progress bars",
     "distributed": "with several ranks the job is data-parallel either way; it only refuses a launch of one",
-    "backend": "the backend in use is compared (a rank's auto may find no GPU)",
+    "backend": "the backend in use is compared instead, at launch (a rank's auto may find no GPU)",
     "command": "always train here",
     "func": "argparse's handler",
 }
