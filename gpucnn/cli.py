@@ -258,12 +258,12 @@ def _train(args, comm):
     config["graph"] = bool(args.graph)
     config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
+    same_run.agree_on_flags(comm, args, config, start)  # before any rank writes, returns or skips a step
     save, metrics_out = validate.check_train_outputs(args, config)
     if args.init_from:
         from gpucnn.init_from import check_source
 
         check_source(args.init_from)  # a missing file is told before the data loads
-    same_run.agree_on_flags(comm, args, config, start, save)  # before any rank may return or skip a step
     done = validate.finished(start, config, args.stop_after, args.resume)
     if done:
         print(done)

@@ -33,22 +33,22 @@ def _flag(key):
     return "--" + key.replace("_", "-")
 
 
-def facts(args, config, start, save):
+def facts(args, config, start):
     """What this rank will do, to compare with the other ranks' before any work."""
     mine = {_flag(k): v for k, v in sorted(config.items()) if k not in PER_RANK}
     for key, value in sorted(vars(args).items()):
         if key not in config and key not in PER_RANK and key not in DECIDED:
             mine[_flag(key)] = value
-    mine["whether a checkpoint is written (--save, --no-save)"] = save is not None
+    mine["whether a checkpoint is written (--save, --no-save)"] = not args.no_save
     mine["whether metrics are written (--metrics-out)"] = args.metrics_out is not None
     mine["where the run starts (--resume: epoch, step)"] = None if start is None else (start["epoch"], start["step"])
     mine["whether the weights come from a file (--init-from)"] = args.init_from is not None
     return mine
 
 
-def agree_on_flags(comm, args, config, start, save):
+def agree_on_flags(comm, args, config, start):
     """RanksDisagree on every rank unless every rank was started with the same run."""
-    distributed.agree(comm, facts(args, config, start, save))
+    distributed.agree(comm, facts(args, config, start))
 
 
 def starting_weights(model, loaded):
