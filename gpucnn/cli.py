@@ -341,7 +341,7 @@ def cmd_train(args):
 
 
 def _train(args, comm):
-    from gpucnn import backend, distributed, init, models, validate
+    from gpucnn import backend, distributed, init, models, same_run, validate
     from gpucnn.checkpoint import CheckpointError, check_model_state
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
@@ -355,6 +355,7 @@ def _train(args, comm):
     config["graph"] = bool(args.graph)
     config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
+    same_run.agree_on_flags(comm, args, config, start)  # before any rank writes, returns or skips a step
     save, metrics_out = validate.check_train_outputs(args, config)
     if args.tensorboard:
         from gpucnn.tensorboard_log import check_directory
@@ -399,7 +400,8 @@ def _train(args, comm):
         if recipe.ema is not None:
             recipe.load_ema(ckpt, args.resume)
         print(f"resuming {args.resume} at epoch {start['epoch'] + 1}, step {start['step']}")
-    distributed.synchronise_start(comm, model, optimizer, config, data)
+    distributed.synchronise_start(comm, model, optimizer, config, data,
+                                  same_run.starting_weights(model, args.init_from or ckpt is not None))
     if recipe.ema is not None and ckpt is None:  # the average starts from the weights the run starts from
         recipe.ema.load_state_dict(model.state_dict())
     if config["sync_bn"]:

@@ -203,12 +203,10 @@ class NCCLCommunicator(MPICommunicator):
         _synchronize_device()
         super().barrier()
 
-    def abort(self, code=1):
-        try:
-            self.nccl_comm.abort()  # frees ranks blocked inside a device collective
-        except Exception:
-            pass
-        super().abort(code)
+    # abort: MPI_Abort alone, inherited. It ends every rank, those blocked in a device
+    # collective included. ncclCommAbort first would never return while a captured graph
+    # holds the communicator (NCCL 2.26 and later wait for every such graph to be
+    # destroyed, and the failing frame's traceback keeps the step and its graphs alive).
 
     def _type(self, buf):
         import numpy
@@ -270,13 +268,17 @@ def launch(required=False, device=None, environ=os.environ):
         if device is not None and _cupy_wanted(environ):
             _use_device(0, device)
         return Single()
+    where = f"{var}={want} says this process was started by an MPI launcher" if want is not None else \
+        "--distributed was given"
     try:
         from mpi4py import MPI
     except ImportError as e:
-        where = f"{var}={want} says this process was started by an MPI launcher" if want is not None else \
-            "--distributed was given"
         raise DistributedError(f"{where}, but mpi4py is not installed ({e}); "
                                f"install it with: pip install 'gpucnn[dist]'") from None
+    except RuntimeError as e:  # mpi4py is there, the MPI library it loads at import is not
+        found = " ".join(str(e).split())
+        raise DistributedError(f"{where}, but mpi4py cannot load an MPI library ({found}); install one "
+                               f"(pip install mpich, or your cluster's MPI) or point MPI4PY_LIBMPI at it") from None
     world = MPI.COMM_WORLD
     size = world.Get_size()
     if want and want != size:
@@ -297,6 +299,9 @@ def launch(required=False, device=None, environ=os.environ):
             _use_device(comm.local_rank, device)
         from gpucnn import backend
 
+        # Before any collective that only one backend makes (NCCL's set-up): a rank whose
+        # auto found no GPU would otherwise meet the others' in a collective of another kind.
+        agree(comm, {"the array backend (--backend, $GPUCNN_BACKEND)": backend.name()})
         if backend.name() == "cupy":
             nccl = nccl_module()
             check_gpu_sharing(comm.allgather_object(_where_am_i(MPI)), nccl.get_version(), environ)
@@ -367,24 +372,37 @@ def check_gpu_sharing(places, nccl_version, environ=os.environ):
 
 
 # --- the three points the training loop calls ------------------------------------------
-def synchronise_start(comm, model, optimizer, config, data):
-    """Check every rank built the same run, then give every rank rank 0's state.
+def agree(comm, facts):
+    """Raise the same RanksDisagree on every rank, naming what differs, unless every rank's
+    `facts` (a dict of picklable values) equal rank 0's.
 
-    The check compares what each rank will train (configuration, architecture, optimiser,
-    dataset sizes and label checksums, backend) from one gather, so on a mismatch every
-    rank raises the same RanksDisagree, naming what differs, instead of hanging in a
-    collective of the wrong size.
-    """
+    One gather of pickled objects (mpi4py's lowercase allgather: sizes first, then the
+    bytes), so ranks whose facts differ in size or kind still gather them whole, and every
+    rank sees the same list and takes the same branch."""
     if comm.size == 1:
         return
-    mine = _fingerprint(model, optimizer, config, data)
-    everyone = comm.allgather_object(mine)
+    everyone = comm.allgather_object(facts)
     keys = sorted(set().union(*everyone))
     problems = [f"rank {r}: {key} is {theirs.get(key)!r}, rank 0 has {everyone[0].get(key)!r}"
                 for r, theirs in enumerate(everyone) for key in keys if theirs.get(key) != everyone[0].get(key)]
     if problems:
         shown = "; ".join(problems[:4]) + (f"; ... ({len(problems) - 4} more)" if len(problems) > 4 else "")
         raise RanksDisagree(f"the ranks do not run the same training: {shown}")
+
+
+def synchronise_start(comm, model, optimizer, config, data, starting_weights=None):
+    """Check every rank built the same run, then give every rank rank 0's state.
+
+    The check compares what each rank will train (configuration, architecture, optimiser,
+    dataset sizes and label checksums, backend, and `starting_weights`: a checksum of what
+    --resume or --init-from loaded) from one gather, so on a mismatch every rank raises the
+    same RanksDisagree, naming what differs, instead of hanging in a collective of the
+    wrong size. (The flags are compared earlier: gpucnn.same_run.)
+    """
+    if comm.size == 1:
+        return
+    agree(comm, {**_fingerprint(model, optimizer, config, data),
+                 "the weights loaded (checksum)": starting_weights})
     for array in _state_arrays(model, optimizer):
         comm.broadcast(array)
     optimizer.lr = float(_host(optimizer.lr_array))

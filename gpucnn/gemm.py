@@ -161,6 +161,10 @@ class _Handle:
         a, trans_a = _row_major(a, trans_a)
         b, trans_b = _row_major(b, trans_b)
         args = gemm_arguments(a.shape, b.shape, trans_a, trans_b)
+        if 0 in (args["m"], args["n"], args["k"]):
+            # An empty share of a batch (data-parallel): nothing for cuBLAS to do. A sum over
+            # nothing (k = 0) is zero; cupy.zeros is a memset, which a graph captures.
+            return (cupy.zeros if args["k"] == 0 else cupy.empty)(args["c_shape"], dtype=a.dtype)
         c = cupy.empty(args["c_shape"], dtype=a.dtype)
         ctype, fn = (ctypes.c_float, self._lib.cublasSgemm_v2) if a.dtype == cupy.float32 else (ctypes.c_double, self._lib.cublasDgemm_v2)
         one, zero = ctype(1.0), ctype(0.0)
@@ -186,7 +190,8 @@ def gemm_arguments(a_shape, b_shape, trans_a, trans_b):
     """cuBLAS (column-major) arguments for row-major C = op(A) @ op(B), A and B C-contiguous.
 
     A row-major matrix read column-major is its transpose, so cuBLAS computes
-    C^T = op(B)^T op(A)^T: B goes first, A second, and the sizes swap.
+    C^T = op(B)^T op(A)^T: B goes first, A second, and the sizes swap. cuBLAS refuses a
+    leading dimension below 1 even for an empty matrix, so none is.
     """
     m, k = (a_shape[1], a_shape[0]) if trans_a else a_shape
     k2, n = (b_shape[1], b_shape[0]) if trans_b else b_shape
@@ -194,7 +199,7 @@ def gemm_arguments(a_shape, b_shape, trans_a, trans_b):
         raise ValueError(f"gemm: inner dimensions differ ({m}x{k} @ {k2}x{n})")
     return {
         "op_first": _OP_T if trans_b else _OP_N, "op_second": _OP_T if trans_a else _OP_N,
-        "m": n, "n": m, "k": k, "ld_first": b_shape[1], "ld_second": a_shape[1], "ldc": n,
+        "m": n, "n": m, "k": k, "ld_first": max(1, b_shape[1]), "ld_second": max(1, a_shape[1]), "ldc": max(1, n),
         "c_shape": (m, n),
     }
 

@@ -22,8 +22,13 @@ Otherwise they would be freed only during the capture, too late, and stay cached
 default pool for the whole run: one extra step of activations beside the graph's own.
 
 Everything a GraphedStep holds on the device (graphs, their pools, the cuBLAS handle with
-its workspace, the stream) is given back when it is dropped.
+its workspace, the stream) is given back when it is dropped. Its graphs must go before the
+NCCL communicator whose collectives they captured: NCCL (2.26 and later) makes
+ncclCommDestroy and ncclCommAbort wait until every such graph is destroyed, and a traceback
+can keep the step alive past the communicator. `closed_after` destroys them when the loop
+ends, except on a rank-local error of a data-parallel job, which goes straight to MPI_Abort.
 """
+import contextlib
 import weakref
 
 from gpucnn import backend, gemm
@@ -78,6 +83,15 @@ class GraphedStep:
             caller.wait_event(self.stream.record())
         return outputs
 
+    def close(self):
+        """Destroy the graphs and their pools now (a later call warms up and captures anew)."""
+        release = getattr(self.step, "release", None)
+        if release is not None:
+            release()  # the layers point into the pools: let go first
+        self._graphs.clear()
+        self._warm.clear()
+        self.pools.clear()
+
     def pool_bytes(self):
         """Device memory held by the graphs' private pools."""
         return sum(pool.total_bytes() for pool in self.pools)
@@ -117,3 +131,23 @@ class GraphedStep:
         # `release` does not reach) would stay cached too.
         default_pool.free_all_blocks()
         return graph, sx, sy, outputs
+
+
+@contextlib.contextmanager
+def closed_after(step, comm):
+    """Close `step` (a GraphedStep; anything else is left alone) when the block ends: normally,
+    or by an exception every rank raises together. A rank-local error of a data-parallel job
+    leaves it as it is: that rank is on its way to MPI_Abort, and freeing device memory
+    synchronises with a device that may wait in a collective the other ranks never join."""
+    close = getattr(step, "close", None)
+    try:
+        yield step
+    except BaseException as e:
+        if close is not None and (comm.size == 1 or getattr(e, "collective", False)):
+            try:
+                close()
+            except Exception:  # a broken device fails this too: report the error that broke it
+                pass
+        raise
+    if close is not None:
+        close()

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from gpucnn import backend, distributed, evaluation
 from gpucnn.checkpoint import save_checkpoint
 from gpucnn.data.batches import iterate, num_batches, share
+from gpucnn.graph import closed_after
 from gpucnn.layers import SoftmaxCrossEntropy
 from gpucnn.layers.dropout import set_draws
 from gpucnn.sinks import Sinks, open_sinks
@@ -24,6 +25,8 @@ from gpucnn.sinks import Sinks, open_sinks
 
 class TrainingStopped(RuntimeError):
     """The loss went NaN/infinite; the message names the epoch and step."""
+
+    collective = True  # data-parallel: every rank reads the same summed loss after the same steps
 
 
 class TrainStep:
@@ -167,8 +170,6 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     sync = distributed.GradientSync(comm, model, backend.xp) if comm.size > 1 else None
     step_fn = make_step(model, optimizer, config.get("graph", True), label_smoothing=config.get("label_smoothing", 0.0),
                         ema=ema, sync=sync)
-    # Dropout masks are a function of the global step: a resumed run draws the straight run's.
-    set_draws(model.leaves(), start["epoch"] * steps_per_epoch + start["step"])
     history = []
     model.train()
 
@@ -196,8 +197,13 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
 
     stream = getattr(step_fn, "stream", None)
     # A diverging run overflows inside NumPy; the loss check reports it in words.
-    with _Interrupt() as interrupt, (stream if stream is not None else contextlib.nullcontext()), \
+    # The graphs go when the loop ends, before the communicator (gpucnn.graph.closed_after).
+    with _Interrupt() as interrupt, closed_after(step_fn, comm), \
+            (stream if stream is not None else contextlib.nullcontext()), \
             numpy.errstate(over="ignore", invalid="ignore"), sinks:
+        # Dropout masks are a function of the global step: a resumed run draws the straight run's.
+        # Written on the step's stream, which waited for the null stream only when it was made.
+        set_draws(model.leaves(), start["epoch"] * steps_per_epoch + start["step"])
         for epoch in range(start["epoch"], min(epochs, stop_after or epochs)):
             resumed = epoch == start["epoch"]
             first = start["step"] if resumed else 0

@@ -5,6 +5,7 @@ from the environment (the code under test is unchanged):
     GPUCNN_TEST_FAIL=RANK,STEP    that rank raises RuntimeError at its STEP-th training step
     GPUCNN_TEST_PIDS=DIR          each rank writes its process id to DIR/rank<r>.pid
     GPUCNN_TEST_SIGINT=RANK,STEP  that rank sends itself SIGINT just before its STEP-th step
+    GPUCNN_TEST_BACKEND=RANK,NAME that rank's backend says it is NAME (a GPU one rank lacks)
 """
 import functools
 import os
@@ -48,6 +49,13 @@ if os.environ.get("GPUCNN_TEST_FAIL"):
     at_step("GPUCNN_TEST_FAIL", fail)
 if os.environ.get("GPUCNN_TEST_SIGINT"):
     at_step("GPUCNN_TEST_SIGINT", interrupt)
+
+if os.environ.get("GPUCNN_TEST_BACKEND"):
+    rank, name = os.environ["GPUCNN_TEST_BACKEND"].split(",")
+    if os.environ.get("PMI_RANK", "0") == rank:
+        from gpucnn import backend
+
+        backend.name = lambda: name
 
 if os.environ.get("GPUCNN_TEST_PIDS"):
     with open(os.path.join(os.environ["GPUCNN_TEST_PIDS"], f"rank{os.environ.get('PMI_RANK', '0')}.pid"), "w") as f:

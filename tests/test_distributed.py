@@ -211,62 +211,8 @@ def test_sync_bn_hook_gives_the_whole_batch_statistics(affine):
     numpy.testing.assert_allclose(results[0][3], whole.running_var, rtol=1e-12)
 
 
-class _FakeNccl:
-    """cupy.cuda.nccl's surface, recording calls: the NCCL communicator's logic without a GPU."""
-    NCCL_SUM, NCCL_FLOAT32, NCCL_FLOAT64, NCCL_INT64 = 0, 7, 8, 4
-
-    def __init__(self):
-        self.calls = []
-        fake = self
-
-        class NcclCommunicator:
-            def __init__(self, ndev, uid, rank):
-                fake.calls.append(("init", ndev, uid, rank))
-
-            def allReduce(self, send, recv, count, dtype, op, stream):
-                fake.calls.append(("allReduce", send, recv, count, dtype, op, stream))
-
-            def bcast(self, buf, count, dtype, root, stream):
-                fake.calls.append(("bcast", buf, count, dtype, root, stream))
-
-            def abort(self):
-                fake.calls.append(("abort",))
-
-        self.NcclCommunicator = NcclCommunicator
-
-    def get_unique_id(self):
-        return (1, 2, 3)
-
-    def get_version(self):
-        return 22800
-
-
-class _FakeDeviceArray:
-    def __init__(self, size, dtype, ptr=4096):
-        self.size, self.dtype, self.device = size, numpy.dtype(dtype), 0
-        self.data = type("Mem", (), {"ptr": ptr})()
-        self.flags = type("Flags", (), {"c_contiguous": True})()
-
-
-class _FakeMpiComm:
-    def __init__(self, rank=0, size=2):
-        self.rank, self.size, self.bcasts = rank, size, []
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.size
-
-    def Split_type(self, kind, key=0):
-        return self
-
-    def Free(self):
-        pass
-
-    def bcast(self, obj, root=0):
-        self.bcasts.append(obj)
-        return obj
+# the NCCL and MPI stand-ins live in tests/fake_nccl.py (tests/test_graph_nccl.py uses them too)
+from fake_nccl import FakeDeviceArray as _FakeDeviceArray, FakeMpiComm as _FakeMpiComm, FakeNccl as _FakeNccl  # noqa: E402
 
 
 def test_nccl_communicator_calls_nccl_in_place_on_the_current_stream():

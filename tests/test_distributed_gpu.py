@@ -41,8 +41,10 @@ def _run(batches, comm=None, use_graph=False):
     if sync is not None:
         batches = sync.announce(iter(batches), 16 * len(batches), 16, 0, None)
     losses = []
-    for x, y in batches:
-        with stream if stream is not None else contextlib.nullcontext():
+    # announce writes the gradient scale as the loop takes a batch: on the step's stream, as
+    # fit() does (a non-blocking stream does not wait for the null stream's writes)
+    with stream if stream is not None else contextlib.nullcontext():
+        for x, y in batches:
             loss, _ = step(backend.to_device(x), backend.to_device(y))
             losses.append(float(loss))
     return numpy.array(losses), model.state_dict()

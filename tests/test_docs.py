@@ -46,23 +46,36 @@ def _ids():
 
 def gpucnn_commands(body):
     """The argument lists of each `gpucnn ...` command in a shell block (continuations joined,
-    comments dropped, launchers such as `mpirun -n 4` skipped)."""
+    comments and redirections dropped, launchers such as `mpirun -n 4` skipped)."""
     for line in body.replace("\\\n", " ").splitlines():
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
         try:
-            words = shlex.split(line, comments=True)
+            words = list(lexer)
         except ValueError as e:
             raise AssertionError(f"cannot split {line!r}: {e}") from None
-        for part in _commands_of(words):
-            yield part
+        yield from _commands_of(words)
 
 
 def _commands_of(words):
-    cut = [i for i, w in enumerate(words) if w in ("&&", "||", ";", "|")]
-    for start, end in zip([-1, *cut], [*cut, len(words)]):
-        command = words[start + 1:end]
+    """Split at ; && || | and drop redirections (> FILE, 2> FILE, < FILE)."""
+    commands, current, skip = [], [], False
+    for i, w in enumerate(words):
+        if skip:
+            skip = False
+        elif w in (";", "&&", "||", "|", "&"):
+            commands.append(current)
+            current = []
+        elif w and set(w) <= set("<>&"):
+            skip = True
+            if current and current[-1].isdigit() and w.startswith(">"):
+                current.pop()  # the 2 of 2>
+        else:
+            current.append(w)
+    commands.append(current)
+    for command in commands:
         for i, w in enumerate(command):
-            if w.endswith("gpucnn") and (i == 0 or command[0] in LAUNCHERS or command[0].startswith(".")
-                                         or command[i - 1] in ("-m",)):
+            if w.endswith("gpucnn") and (i == 0 or command[0] in LAUNCHERS or command[i - 1] == "-m"):
                 yield command[i + 1:]
                 break
 
@@ -208,5 +221,10 @@ def test_ci_runs_the_readme_test_command():
 
 def test_the_parse_check_catches_a_renamed_flag():
     with pytest.raises(AssertionError, match="does not parse"):
-        for args in gpucnn_commands("mpirun -n 2 gpucnn train --no-such-flag 3  # a comment\n"):
+        for args in gpucnn_commands("mpirun -n 2 gpucnn train --no-such-flag 3 > log 2> err  # a comment\n"):
             check_parses(args, "here")
+
+
+def test_commands_are_cut_at_operators_and_redirections():
+    body = "gpucnn eval --checkpoint a.ckpt --json > r.json && python -m gpucnn check 2>/dev/null | head -1\n"
+    assert list(gpucnn_commands(body)) == [["eval", "--checkpoint", "a.ckpt", "--json"], ["check"]]

@@ -1,21 +1,12 @@
 """The capture-safe GEMM: the NumPy path, and the cuBLAS argument mapping checked against
 an emulation of column-major GEMM semantics (the GPU itself is exercised by gpu tests)."""
+import ctypes
+
 import numpy
 import pytest
 
+from fake_cupy import colmajor_gemm
 from gpucnn import gemm
-
-
-def colmajor_gemm(op_a, op_b, m, n, k, a_buf, lda, b_buf, ldb, ldc):
-    """What cublas<t>gemm computes, on flat buffers read column-major with leading dims."""
-    def view(buf, rows, cols, ld):  # a rows x cols column-major matrix with leading dim ld
-        return numpy.lib.stride_tricks.as_strided(buf, (rows, cols), (buf.itemsize, ld * buf.itemsize))
-
-    a = view(a_buf, k, m, lda).T if op_a == gemm._OP_T else view(a_buf, m, k, lda)
-    b = view(b_buf, n, k, ldb).T if op_b == gemm._OP_T else view(b_buf, k, n, ldb)
-    c = numpy.zeros(ldc * n)
-    view(c, m, n, ldc)[...] = a @ b
-    return c
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
@@ -75,3 +66,66 @@ def test_capture_gemm_rejects_other_dtypes():
     a = cupy.ones((2, 3), dtype=cupy.float16)
     with pytest.raises(ValueError, match="only float32 and float64.*float16"):
         handle.gemm(a, a, False, True)
+
+
+@pytest.mark.parametrize("build,shape", [("lenet", (1, 28, 28)), ("vgg_bn", (3, 8, 8))])
+def test_an_empty_share_is_captured_through_cublas(monkeypatch, build, shape):
+    """A rank whose share of the last batch is empty: every GEMM its layers make, captured
+    through our cuBLAS handle on the stand-in (which checks arguments as cuBLAS does),
+    gives the NumPy results: empty outputs, and zero weight gradients (a sum over nothing)."""
+    import fake_cupy
+    from gpucnn import init, models
+    from gpucnn.graph import GraphedStep
+
+    calls = []
+    plain = gemm.matmul
+
+    def spy(a, b, trans_a=False, trans_b=False):
+        calls.append((a.copy(), b.copy(), trans_a, trans_b))
+        return plain(a, b, trans_a, trans_b)
+
+    init.seed(0)
+    model = models.build(build, shape, 10)
+    for layer in model.leaves():
+        if hasattr(layer, "lowering"):
+            layer.lowering = "im2col"  # what CuPy runs (the banded lowering is NumPy's alone)
+    monkeypatch.setattr(gemm, "matmul", spy)
+    model.forward(numpy.zeros((0, *shape), numpy.float32))
+    model.backward(numpy.zeros((0, 10), numpy.float32), input_grad=False)
+    monkeypatch.setattr(gemm, "matmul", plain)
+    assert calls and any(0 in a.shape + b.shape for a, b, _, _ in calls)
+    expected = [(a.T if ta else a) @ (b.T if tb else b) for a, b, ta, tb in calls]
+
+    log = fake_cupy.install(monkeypatch)
+    on_device = [(a.view(fake_cupy.DeviceArray), b.view(fake_cupy.DeviceArray), ta, tb) for a, b, ta, tb in calls]
+    graphed = GraphedStep(lambda x, y: [gemm.matmul(*call) for call in on_device])
+    x, y = numpy.zeros((0, *shape), numpy.float32), numpy.zeros(0, numpy.int64)
+    graphed(x, y)  # eager: a @ b
+    captured = graphed(x, y)  # captured: our cuBLAS handle
+    assert "begin_capture" in log
+    assert len(captured) == len(expected)
+    for got, want in zip(captured, expected):
+        assert got.shape == want.shape
+        numpy.testing.assert_array_equal(got, want)
+
+
+def test_the_stand_in_refuses_what_cublas_refuses(monkeypatch):
+    """The fake's argument check is what makes the test above mean anything."""
+    import fake_cupy
+
+    lib = fake_cupy.CublasLib(fake_cupy.Recorder())
+    one = ctypes.c_float(1.0)
+    ptr = ctypes.c_void_p(numpy.zeros(4, numpy.float32).ctypes.data)
+    ok = (None, 0, 0, 2, 2, 0, ctypes.byref(one), ptr, 2, ptr, 1, ctypes.byref(one), ptr, 2)
+    assert lib.cublasSgemm_v2(*ok) == 0
+    bad_ld = ok[:8] + (0,) + ok[9:]
+    assert lib.cublasSgemm_v2(*bad_ld) == fake_cupy.CUBLAS_STATUS_INVALID_VALUE
+    assert lib.cublasSgemm_v2(*ok[:3], -1, *ok[4:]) == fake_cupy.CUBLAS_STATUS_INVALID_VALUE
+
+
+@pytest.mark.parametrize("a_shape,b_shape,trans_a,trans_b", [
+    ((0, 5), (3, 5), False, True), ((4, 6), (6, 0), False, False), ((0, 3), (0, 5), True, False),
+    ((2, 0), (0, 3), False, False)])
+def test_leading_dimensions_of_empty_matrices_are_at_least_one(a_shape, b_shape, trans_a, trans_b):
+    args = gemm.gemm_arguments(a_shape, b_shape, trans_a, trans_b)
+    assert min(args["ld_first"], args["ld_second"], args["ldc"]) >= 1
