@@ -12,7 +12,7 @@ TRAIN_DEFAULTS = {
     "model": "small", "dataset": "digits", "data_dir": None, "epochs": None, "batch_size": 64,
     "optimizer": "adam", "lr": 2e-3, "momentum": 0.9, "nesterov": False, "weight_decay": None,
     "schedule": "cosine", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
-    "seed": 0, "augment": None,
+    "seed": 0, "augment": None, "dtype": "float32",
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
 }
 # Flags a resumed run may change; every other one is taken from the checkpoint.
@@ -55,6 +55,9 @@ def _train_parser(sub):
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
     p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
+    p.add_argument("--dtype", choices=["float32", "float64"],
+                   help=f"float type of weights, activations and gradients; float64 is for checking results, "
+                        f"far slower (default: {d['dtype']})")
     _backend_flags(p)
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=os.environ.get("GPUCNN_GRAPH", "1") != "0",
                    help="capture each training step in a CUDA graph on the cupy backend (default: on; env GPUCNN_GRAPH=0 turns it off)")
@@ -273,7 +276,7 @@ def _train(args, comm):
         validate.check_data_fits(data, ckpt, args.resume)
     init.seed(config["seed"])
     try:  # a bad hyper-parameter is the user's to fix: its message, not a traceback
-        model = models.build(config["model"], data.x_train.shape[1:], len(data.classes))
+        model = models.build(config["model"], data.x_train.shape[1:], len(data.classes), dtype=config["dtype"])
         steps_per_epoch = -(-len(data.y_train) // config["batch_size"])
         optimizer = make_optimizer(config["optimizer"], model.parameters(), lr=config["lr"], momentum=config["momentum"],
                                    nesterov=config["nesterov"], weight_decay=config["weight_decay"])

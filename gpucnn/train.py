@@ -62,7 +62,7 @@ class TrainStep:
 
 def _dtype(model):
     """The float type the model computes in (its parameters'), float32 by default."""
-    return next((p.value.dtype for p in model.parameters()), None)
+    return next((p.value.dtype for p in model.parameters()), numpy.dtype(numpy.float32))
 
 
 def make_step(model, optimizer, use_graph, *, label_smoothing=0.0, ema=None, sync=None):
@@ -89,7 +89,7 @@ def evaluate(model, x, y, mean, std, batch_size=1000, classes=None, tta=False, c
     total_loss = xp.zeros((), dtype=xp.float64)
     hits = xp.zeros(n_classes, dtype=xp.int64)
     counts = xp.zeros(n_classes, dtype=xp.int64)
-    for xb, yb in iterate(x, y, batch_size, shuffle=False, seed=0, epoch=0, mean=mean, std=std):
+    for xb, yb in iterate(x, y, batch_size, shuffle=False, seed=0, epoch=0, mean=mean, std=std, dtype=_dtype(model)):
         logits = predict_logits(model, xb, tta)
         total_loss += loss_fn.forward(logits, yb, check=False) * len(yb)
         hits += xp.bincount(yb[logits.argmax(axis=1) == yb], minlength=n_classes)
@@ -205,7 +205,7 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
             epoch_run = _Epoch(step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync)
             batches = iterate(data.x_train, data.y_train, config["batch_size"], shuffle=True, seed=config["seed"],
                               epoch=epoch, mean=data.mean, std=data.std, augment=config.get("augment", False),
-                              skip=first, shard=(comm.rank, comm.size) if sync else None)
+                              skip=first, shard=(comm.rank, comm.size) if sync else None, dtype=_dtype(model))
             if sync:
                 batches = sync.announce(batches, len(data.y_train), config["batch_size"], first, interrupt)
             try:

@@ -13,6 +13,7 @@ import pytest
 from gpucnn import backend, init, models
 from gpucnn.optim import SGD
 from gpucnn.train import make_step
+from real_mnist import mnist_dir
 
 pytestmark = pytest.mark.gpu
 
@@ -73,9 +74,7 @@ def test_two_ranks_on_one_gpu_equal_one_process(on_cupy, tmp_path):
     version = _nccl_version()
     if version < 23000:
         pytest.skip(f"NCCL {version} refuses two ranks on one GPU (NCCL_MULTI_RANK_GPU_ENABLE needs NCCL >= 2.30)")
-    mnist = os.path.join(ROOT, "..", "shared", "data", "mnist")
-    if not os.path.isdir(mnist):
-        pytest.skip(f"MNIST not found at {mnist}")
+    mnist = mnist_dir()
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.data import idx
 

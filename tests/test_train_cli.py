@@ -9,6 +9,7 @@ import pytest
 
 from gpucnn import cli
 from gpucnn.checkpoint import load_checkpoint
+from real_mnist import MNIST, needs_mnist
 
 pytest.importorskip("sklearn")  # the built-in digits dataset
 
@@ -168,11 +169,8 @@ def test_gradient_check_command_passes(capsys):
     assert "BatchNorm2d eval" in out and "MaxPool2d k3 s2 overlap" in out
 
 
-MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(MNIST), reason="real MNIST not found beside the repo")
+@needs_mnist
 def test_lenet_on_mnist_two_epochs_reaches_98_5(capsys):
     assert cli.main(["train", "--model", "lenet", "--dataset", "mnist", "--data-dir", MNIST,
                      "--epochs", "2", "--no-progress", "--no-save"]) == 0
