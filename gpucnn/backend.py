@@ -10,6 +10,7 @@ import sys
 import numpy
 
 from gpucnn.errors import BackendError, short
+from gpucnn.install_hint import install_hint
 
 ALLOWED = ("auto", "numpy", "cupy")
 
@@ -19,7 +20,7 @@ def _probe_cupy():
     try:
         import cupy
     except ImportError as e:
-        return None, f"CuPy is not installed ({e}); install it with: pip install 'gpucnn[gpu]'"
+        return None, f"CuPy is not installed ({e}); install it with: {install_hint('gpu')}"
     except Exception as e:  # a broken CUDA install fails inside CuPy's own import
         return None, f"CuPy failed to import: {e}"
     try:

@@ -7,6 +7,8 @@ import argparse
 import os
 import sys
 
+from gpucnn.install_hint import install_hint
+
 # One table of training defaults: the parser's help shows them, a resumed run starts from them.
 TRAIN_DEFAULTS = {
     "model": "small", "dataset": "digits", "data_dir": None, "epochs": None, "batch_size": 64,
@@ -142,7 +144,7 @@ def build_parser():
 
 def _predict_parser(sub):
     p = sub.add_parser("predict", help="class probabilities of a checkpoint for image files",
-                       description="Classify image files (PNG, JPEG, BMP, ... via Pillow: pip install 'gpucnn[image]'). "
+                       description=f"Classify image files (PNG, JPEG, BMP, ... via Pillow: {install_hint('image')}). "
                                    "Each image becomes what the net was trained on: grey or RGB, resized to the training "
                                    "images' size (--fit), pixels scaled to 0..1 and normalised with the checkpoint's mean/std. "
                                    "MNIST-style nets expect white digits on a black background; use --invert for "
@@ -165,9 +167,9 @@ def _predict_parser(sub):
 def _export_parser(sub):
     p = sub.add_parser("export", help="write a checkpoint's net as ONNX or safetensors",
                        description="Export the eval-mode net of a checkpoint. FILE.onnx: a standard ONNX graph "
-                                   "(pip install 'gpucnn[onnx]'); FILE.safetensors: the state_dict under PyTorch's keys "
+                                   f"({install_hint('onnx')}); FILE.safetensors: the state_dict under PyTorch's keys "
                                    "with the model's name, input shape, classes and mean/std in its metadata "
-                                   "(pip install 'gpucnn[safetensors]').")
+                                   f"({install_hint('safetensors')}).")
     p.add_argument("--checkpoint", required=True, help="checkpoint file written by gpucnn train")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.onnx or FILE.safetensors")
     p.add_argument("--softmax", action="store_true", help="ONNX: end the graph with a Softmax (output 'probabilities' instead of 'logits')")

@@ -7,6 +7,7 @@ format (its magic bytes say so), the same rule as every gpucnn output (gpucnn.ou
 import os
 
 from gpucnn.errors import GpucnnError
+from gpucnn.install_hint import install_hint
 from gpucnn.metrics import read as read_metrics
 from gpucnn.outputs import check_distinct, check_output, write_atomically
 
@@ -68,7 +69,7 @@ def plot(metrics_path, out_path):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise GpucnnError("plotting needs matplotlib: pip install 'gpucnn[plot]'") from None
+        raise GpucnnError(f"plotting needs matplotlib: {install_hint('plot')}") from None
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):

@@ -412,7 +412,7 @@ def test_digits_without_sklearn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
     with pytest.raises(DatasetError) as e:
         data.load("digits")
-    assert "pip install 'gpucnn[digits]'" in str(e.value)
+    assert 'pip install ".[digits]" (in the gpucnn clone)' in str(e.value)
 
 
 # ---------------------------------------------------------------- stats

@@ -229,7 +229,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch, capsy
     metrics.write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5}) + "\n")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert cli.main(["plot", str(metrics), "-o", str(tmp_path / "c.png")]) == 2
-    assert "pip install 'gpucnn[plot]'" in capsys.readouterr().err
+    assert 'pip install ".[plot]" (in the gpucnn clone)' in capsys.readouterr().err
 
 
 def test_plot_rejects_a_file_that_is_not_metrics(tmp_path, capsys):
