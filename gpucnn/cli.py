@@ -73,9 +73,9 @@ def _train_parser(sub):
     p.add_argument("--init-from", metavar="FILE",
                    help="start from the weights in FILE: .safetensors or a PyTorch state_dict (.pt/.pth); keys and shapes must match exactly")
     p.add_argument("--metrics-out", metavar="FILE.jsonl",
-                   help="append one strict-JSON object per epoch; FILE must be new, empty, or have every line such an "
-                        "object (with epoch, train_loss, train_acc, test_loss, test_acc); its directory is created "
-                        "if missing (default: none)")
+                   help="write one strict-JSON object per epoch: a new run starts FILE afresh, --resume appends to "
+                        "it; FILE must be new, empty, or have every line such an object (with epoch, train_loss, "
+                        "train_acc, test_loss, test_acc); its directory is created if missing (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     _distributed_flags(p)
     p.set_defaults(func=cmd_train)
