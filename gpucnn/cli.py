@@ -58,8 +58,8 @@ def _train_parser(sub):
                    help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
     p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
     p.add_argument("--dtype", choices=["float32", "float64"],
-                   help=f"float type of weights, activations and gradients; float64 is for checking results, "
-                        f"far slower (default: {d['dtype']})")
+                   help=f"float type of weights, activations and gradients; float64 is for checking results, and "
+                        f"slower (default: {d['dtype']})")
     _backend_flags(p)
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=os.environ.get("GPUCNN_GRAPH", "1") != "0",
                    help="capture each training step in a CUDA graph on the cupy backend (default: on; env GPUCNN_GRAPH=0 turns it off)")
