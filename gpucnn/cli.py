@@ -1,4 +1,5 @@
-"""The command line: gpucnn train | eval | predict | export | check | plot (also `python -m gpucnn ...`).
+"""The command line: gpucnn train | eval | predict | export | check | plot | summary | profile | lr-find
+(also `python -m gpucnn ...`).
 
 Arguments are parsed before gpucnn.backend is imported, so --backend and --tf32 take
 effect at start-up, the one moment the backend is chosen.
@@ -17,6 +18,9 @@ TRAIN_DEFAULTS = {
     "seed": 0, "augment": None, "dtype": "float32",
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
 }
+# gpucnn.models.MODELS and gpucnn.optim.OPTIMIZERS, named without importing them (see the module docstring)
+MODEL_CHOICES = ["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"]
+OPTIMIZER_CHOICES = ["sgd", "adam", "adamw"]
 # Flags a resumed run may change; every other one is taken from the checkpoint.
 RESUMABLE = {"epochs", "data_dir"}
 
@@ -24,21 +28,10 @@ RESUMABLE = {"epochs", "data_dir"}
 def _train_parser(sub):
     d = TRAIN_DEFAULTS
     p = sub.add_parser("train", help="train a model", description="Train a CNN; Ctrl-C or SIGTERM saves a checkpoint and stops (exit 130 or 143).")
-    p.add_argument("--model", choices=["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"],
-                   help=f"network (default: {d['model']})")
-    p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz (default: {d['dataset']}, built in)")
-    p.add_argument("--data-dir", help="directory holding the dataset's files (default: the download cache)")
-    p.add_argument("--download", action="store_true",
-                   help="fetch missing mnist/fashion-mnist/cifar10 files into --data-dir (or the cache) and verify their checksums")
-    p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
+    _data_flags(p)
     p.add_argument("--epochs", type=int, help="number of epochs (default: 30 for digits, 10 otherwise)")
-    p.add_argument("--batch-size", type=int, help=f"batch size of the whole job: under mpirun each rank takes its share, "
-                   f"so any number of ranks trains the same run (default: {d['batch_size']})")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help=f"optimiser (default: {d['optimizer']})")
+    _step_flags(p)
     p.add_argument("--lr", type=float, help=f"base learning rate (default: {d['lr']})")
-    p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum']})")
-    p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum for SGD (default: off)")
-    p.add_argument("--weight-decay", type=float, help="L2 (sgd, adam) or decoupled (adamw) weight decay (default: 0 for sgd and adam, 0.01 for adamw)")
     p.add_argument("--schedule", choices=list(SCHEDULE_HELP), help="learning-rate schedule: " + "; ".join(
         f"{k}: {v}" for k, v in SCHEDULE_HELP.items()) + f" (default: {d['schedule']})")
     p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps before the schedule (default: {d['warmup_steps']})")
@@ -47,19 +40,12 @@ def _train_parser(sub):
     p.add_argument("--min-lr", type=float, help=f"final learning rate for --schedule cosine and onecycle (default: {d['min_lr']})")
     p.add_argument("--peak-fraction", type=float, metavar="F",
                    help=f"fraction of the run over which --schedule onecycle rises to --lr (default: {d['peak_fraction']})")
-    p.add_argument("--label-smoothing", type=float, metavar="EPS",
-                   help="mix each one-hot target with the uniform distribution, PyTorch's label_smoothing (default: 0)")
     p.add_argument("--tta", action="store_true", default=None,
                    help="evaluate on each test image and its horizontal flip, logits averaged (default: off)")
     p.add_argument("--ema", type=float, metavar="DECAY",
                    help="keep an exponential moving average of the weights (e.g. 0.999), updated every step, "
                         "evaluated each epoch and saved in the checkpoint (default: off)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
-    p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
-    p.add_argument("--dtype", choices=["float32", "float64"],
-                   help=f"float type of weights, activations and gradients; float64 is for checking results, and "
-                        f"slower (default: {d['dtype']})")
+    _sample_flags(p)
     _backend_flags(p)
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=os.environ.get("GPUCNN_GRAPH", "1") != "0",
                    help="capture each training step in a CUDA graph on the cupy backend (default: on; env GPUCNN_GRAPH=0 turns it off)")
@@ -79,6 +65,40 @@ def _train_parser(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     _distributed_flags(p)
     p.set_defaults(func=cmd_train)
+
+
+# Flags gpucnn train shares with lr-find: what the net, the data and a step are.
+def _data_flags(p):
+    d = TRAIN_DEFAULTS
+    p.add_argument("--model", choices=MODEL_CHOICES,
+                   help=f"network (default: {d['model']})")
+    p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz (default: {d['dataset']}, built in)")
+    p.add_argument("--data-dir", help="directory holding the dataset's files (default: the download cache)")
+    p.add_argument("--download", action="store_true",
+                   help="fetch missing mnist/fashion-mnist/cifar10 files into --data-dir (or the cache) and verify their checksums")
+    p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
+
+
+def _step_flags(p):
+    d = TRAIN_DEFAULTS
+    p.add_argument("--batch-size", type=int, help=f"batch size of the whole job: under mpirun each rank takes its share, "
+                   f"so any number of ranks trains the same run (default: {d['batch_size']})")
+    p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help=f"optimiser (default: {d['optimizer']})")
+    p.add_argument("--momentum", type=float, help=f"SGD momentum (default: {d['momentum']})")
+    p.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum for SGD (default: off)")
+    p.add_argument("--weight-decay", type=float, help="L2 (sgd, adam) or decoupled (adamw) weight decay (default: 0 for sgd and adam, 0.01 for adamw)")
+    p.add_argument("--label-smoothing", type=float, metavar="EPS",
+                   help="mix each one-hot target with the uniform distribution, PyTorch's label_smoothing (default: 0)")
+
+
+def _sample_flags(p):
+    d = TRAIN_DEFAULTS
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
+    p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
+    p.add_argument("--dtype", choices=["float32", "float64"],
+                   help=f"float type of weights, activations and gradients; float64 is for checking results, and "
+                        f"slower (default: {d['dtype']})")
 
 
 def _distributed_flags(p):
@@ -111,7 +131,7 @@ def _backend_flags(p):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="gpucnn", description="Train and inspect CNNs on CuPy (CUDA) or NumPy.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export,check,plot}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export,check,plot,summary,profile,lr-find}")
     _train_parser(sub)
 
     p = sub.add_parser("eval", help="test loss, accuracy and per-class accuracy of a checkpoint")
@@ -139,7 +159,65 @@ def build_parser():
                         "added); replaces only an image of that format; its directory is created if missing "
                         "(default: curves.png)")
     p.set_defaults(func=cmd_plot)
+    _summary_parser(sub)
+    _profile_parser(sub)
+    _lr_find_parser(sub)
     return parser
+
+
+def _net_flags(p):
+    """The net summary and profile look at: --model with its input, as train would build it."""
+    p.add_argument("--model", choices=MODEL_CHOICES,
+                   help=f"network (default: {TRAIN_DEFAULTS['model']})")
+    p.add_argument("--input-shape", metavar="C,H,W",
+                   help="image shape the net is built for (default: the model's own: 1,8,8 small, 1,28,28 lenet, 3,32,32 the others)")
+    p.add_argument("--classes", type=int, metavar="K", help="number of classes (default: 10)")
+    p.add_argument("--batch-size", type=int, help=f"batch size of the training step (default: {TRAIN_DEFAULTS['batch_size']})")
+    p.add_argument("--optimizer", choices=OPTIMIZER_CHOICES,
+                   help=f"optimiser whose state is counted (default: {TRAIN_DEFAULTS['optimizer']})")
+    _backend_flags(p)
+
+
+def _summary_parser(sub):
+    p = sub.add_parser("summary", help="layers, output shapes, parameters, multiply-adds and memory of a net",
+                       description="One row per layer (named by its state_dict prefix) with its type, output shape, "
+                                   "parameters and forward multiply-adds per image; then the totals, the memory of the "
+                                   "weights and optimiser state, and the activation memory one training step keeps at "
+                                   "the batch size, measured on the live backend.")
+    _net_flags(p)
+    p.add_argument("--checkpoint", metavar="CKPT",
+                   help="describe the net of a gpucnn checkpoint (its model, input shape, classes, batch size and optimiser)")
+    p.set_defaults(func=cmd_summary)
+
+
+def _profile_parser(sub):
+    p = sub.add_parser("profile", help="time each layer's forward and backward in a training step",
+                       description="Run training steps on random data and time every layer's forward and backward "
+                                   "(CUDA events on cupy, so device time; perf_counter on numpy), with its share of the "
+                                   "step and achieved GFLOP/s, beside the time of the same step without the clocks.")
+    _net_flags(p)
+    p.add_argument("--steps", type=int, default=20, help="timed steps, after 2 warm-up steps (default: 20)")
+    p.set_defaults(func=cmd_profile, checkpoint=None)
+
+
+def _lr_find_parser(sub):
+    p = sub.add_parser("lr-find", help="learning-rate range test: suggest a learning rate and plot loss against it",
+                       description="Train the run's fresh net (same model, data and optimiser flags as train) while "
+                                   "the learning rate grows exponentially from --start-lr to --end-lr, stop when the "
+                                   "smoothed loss exceeds 4x its minimum, print a suggested rate and draw loss against "
+                                   f"rate ({install_hint('plot')}). Writes no checkpoint.")
+    _data_flags(p)
+    _step_flags(p)
+    _sample_flags(p)
+    p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
+    p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10)")
+    p.add_argument("--steps", type=int, default=100, help="steps of the sweep (default: 100)")
+    p.add_argument("-o", "--output", default="lr_find.png",
+                   help="image to write, as gpucnn plot -o: format from the suffix, replaces only an image of that "
+                        "format (default: lr_find.png)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _backend_flags(p)
+    p.set_defaults(func=cmd_lr_find)
 
 
 def _predict_parser(sub):
@@ -203,11 +281,11 @@ def _config(args):
     from gpucnn.checkpoint import load_checkpoint
     from gpucnn.errors import GpucnnError
 
-    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k, None) is not None}
     if _is_path(given.get("dataset")):  # saved absolute, so a resume or eval from elsewhere finds it
         given["dataset"] = os.path.abspath(given["dataset"])
     config, start, ckpt = dict(TRAIN_DEFAULTS), None, None
-    if args.resume:
+    if getattr(args, "resume", None):  # lr-find has no --resume
         ckpt = load_checkpoint(args.resume)
         validate.check_saved_run(ckpt, args.resume, for_resume=True)
         saved = ckpt["meta"]["config"]
@@ -308,7 +386,10 @@ def _train(args, comm):
         recipe.ema.load_state_dict(model.state_dict())
     if config["sync_bn"]:
         distributed.use_sync_bn(model, comm)
-    print(f"gpucnn: {config['model']} ({model.num_parameters():,} parameters) on {data.name} "
+    from gpucnn.summary import total_multiply_adds
+
+    macs = total_multiply_adds(model, data.x_train.shape[1:])
+    print(f"gpucnn: {config['model']} ({model.num_parameters():,} parameters, {macs:,} multiply-adds an image) on {data.name} "
           f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
           f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else "")
           + (f", {comm.size} ranks (global batch {config['batch_size']})" if comm.size > 1 else ""))
@@ -400,6 +481,24 @@ def cmd_plot(args):
 
     print(f"wrote {plot(args.metrics, args.output)}")
     return 0
+
+
+def cmd_summary(args):
+    from gpucnn.summary import run
+
+    return run(args)
+
+
+def cmd_profile(args):
+    from gpucnn.profile import run
+
+    return run(args)
+
+
+def cmd_lr_find(args):
+    from gpucnn.lr_find import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

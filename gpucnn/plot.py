@@ -63,13 +63,7 @@ def plot(metrics_path, out_path):
     """Draw the curves of `metrics_path` into `out_path`; returns the path written."""
     out_path, fmt = check_plot_output(metrics_path, out_path)
     rows = read_metrics(metrics_path)
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GpucnnError(f"plotting needs matplotlib: {install_hint('plot')}") from None
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
@@ -83,10 +77,29 @@ def plot(metrics_path, out_path):
         ax.legend()
     fig.suptitle(os.path.basename(str(metrics_path)))
     fig.tight_layout()
+    save_figure(fig, out_path, fmt)
+    return out_path
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or a GpucnnError saying how to install it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise GpucnnError(f"plotting needs matplotlib: {install_hint('plot')}") from None
+    return plt
+
+
+def save_figure(fig, out_path, fmt):
+    """Write `fig` atomically to a path check_plot_output passed, then close it."""
+    import matplotlib.pyplot as plt
+
     try:
         write_atomically(out_path, lambda f: fig.savefig(f, format=fmt, dpi=120), what=f"{fmt} image")
     except (ValueError, ImportError, RuntimeError) as e:  # a format this matplotlib cannot write
         raise GpucnnError(f"{out_path}: matplotlib cannot write {fmt}: {e}") from None
     finally:
         plt.close(fig)
-    return out_path

@@ -68,3 +68,10 @@ def test_other_dtypes_are_refused(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--dtype", "float16"])
     assert e.value.code == 2 and "invalid choice: 'float16'" in capsys.readouterr().err
+
+
+def test_lr_find_sweeps_in_the_type_it_is_given(tmp_path, seen):
+    data = tiny_npz(tmp_path / "d.npz")
+    assert cli.main(["lr-find", "--dataset", data, "--model", "small", "--batch-size", "4", "--steps", "3",
+                     "--dtype", "float64", "--no-progress", "-o", str(tmp_path / "lr.png")]) == 0
+    assert seen == {(numpy.dtype("float64"), numpy.dtype("float64"))}

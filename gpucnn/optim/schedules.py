@@ -110,3 +110,24 @@ def make_schedule(name, base_lr, total_steps=None, warmup_steps=0, step_size=Non
     return Schedule(key, float(base_lr), None if total_steps is None else operator.index(total_steps), warmup_steps,
                     None if step_size is None else operator.index(step_size), float(gamma), float(min_lr),
                     float(peak_fraction))
+
+
+@dataclasses.dataclass(frozen=True)
+class ExponentialSweep:
+    """The learning-rate range test's schedule (Smith 2015; fastai's lr_find):
+    lr = start_lr * (end_lr / start_lr) ** (step / (steps - 1)), from start_lr at step 0 to
+    end_lr at step steps - 1 (and held there), evenly spaced on a log scale."""
+
+    start_lr: float
+    end_lr: float
+    steps: int
+
+    def __post_init__(self):
+        if not 0 < self.start_lr < self.end_lr < math.inf:
+            raise ValueError(f"lr sweep: needs 0 < start lr < end lr, got {self.start_lr} and {self.end_lr}")
+        if operator.index(self.steps) < 2:
+            raise ValueError(f"lr sweep: needs at least 2 steps, got {self.steps}")
+
+    def __call__(self, step):
+        t = min(operator.index(step), self.steps - 1) / (self.steps - 1)
+        return self.start_lr * (self.end_lr / self.start_lr) ** t
