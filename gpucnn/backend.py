@@ -10,29 +10,50 @@ import sys
 import numpy
 
 from gpucnn.errors import BackendError, short
+from gpucnn.install_hint import install_hint
 
 ALLOWED = ("auto", "numpy", "cupy")
 
 
 def _probe_cupy():
-    """Return (cupy, None) when CuPy imports and a CUDA device answers, else (None, why)."""
+    """(cupy, None, None) when CuPy imports and a CUDA device answers, else (None, why, notice):
+    why in full, for an error; notice, one short line for the fallback, or None when CuPy is
+    simply not installed (a CPU-only machine needs no word about it)."""
     try:
         import cupy
-    except ImportError as e:
-        return None, f"CuPy is not installed ({e}); install it with: pip install 'gpucnn[gpu]'"
+    except ModuleNotFoundError as e:
+        if e.name == "cupy":
+            return None, f"CuPy is not installed; install it with: {install_hint('gpu')}", None
+        return None, f"CuPy failed to import: {short(e)}", f"CuPy is installed but does not import ({short(e)})"
     except Exception as e:  # a broken CUDA install fails inside CuPy's own import
-        return None, f"CuPy failed to import: {e}"
+        return None, f"CuPy failed to import: {short(e)}", f"CuPy is installed but does not import ({short(e)})"
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # no driver, driver too old, no device node
-        return None, f"no usable CUDA device: {short(e)}"
+        return None, f"no usable CUDA device: {short(e)}", f"CuPy is installed but finds no usable GPU ({_gist(e)})"
     if n < 1:
-        return None, "no CUDA device found"
+        return None, "no CUDA device found", "CuPy is installed but finds no GPU"
     try:
         cupy.zeros(1).sum().item()
     except Exception as e:
-        return None, f"CUDA device found but unusable: {short(e)}"
-    return cupy, None
+        return None, f"CUDA device found but unusable: {short(e)}", f"the GPU does not run CuPy ({_gist(e)})"
+    return cupy, None, None
+
+
+def _gist(e):
+    """A CUDA error's name alone (cudaErrorInsufficientDriver), else the one-line message."""
+    head = str(e).split(":", 1)[0].strip()
+    return head if head.startswith(("cuda", "CUDA_ERROR")) else short(e)
+
+
+def _notice(text):
+    """The fallback said once, on a line of its own: by rank 0 alone under an MPI launcher, so
+    that N ranks' lines do not interleave."""
+    from gpucnn.distributed import LAUNCHER_VARS
+
+    rank = next((os.environ[r] for _, r in LAUNCHER_VARS if r in os.environ), "0")
+    if rank.strip() in ("", "0"):
+        print(f"gpucnn: {text}; using NumPy", file=sys.stderr, flush=True)
 
 
 
@@ -42,12 +63,13 @@ def _resolve(name):
         raise BackendError(f"GPUCNN_BACKEND={name!r} is not a backend; allowed: {', '.join(ALLOWED)}")
     if name == "numpy":
         return numpy, "numpy"
-    cupy, why = _probe_cupy()
+    cupy, why, notice = _probe_cupy()
     if cupy is not None:
         return cupy, "cupy"
     if name == "cupy":
         raise BackendError(f"GPUCNN_BACKEND=cupy was asked for but CuPy cannot be used: {why}")
-    print(f"gpucnn: using the NumPy backend ({why})", file=sys.stderr)
+    if notice:
+        _notice(notice)
     return numpy, "numpy"
 
 

@@ -8,12 +8,14 @@ import argparse
 import os
 import sys
 
+from gpucnn.install_hint import install_hint
+
 # One table of training defaults: the parser's help shows them, a resumed run starts from them.
 TRAIN_DEFAULTS = {
     "model": "small", "dataset": "digits", "data_dir": None, "epochs": None, "batch_size": 64,
     "optimizer": "adam", "lr": 2e-3, "momentum": 0.9, "nesterov": False, "weight_decay": None,
     "schedule": "cosine", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
-    "seed": 0, "augment": None,
+    "seed": 0, "augment": None, "dtype": "float32",
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
 }
 # gpucnn.models.MODELS and gpucnn.optim.OPTIMIZERS, named without importing them (see the module docstring)
@@ -57,13 +59,13 @@ def _train_parser(sub):
     p.add_argument("--init-from", metavar="FILE",
                    help="start from the weights in FILE: .safetensors or a PyTorch state_dict (.pt/.pth); keys and shapes must match exactly")
     p.add_argument("--metrics-out", metavar="FILE.jsonl",
-                   help="append one strict-JSON object per epoch; FILE must be new, empty, or have every line such an "
-                        "object (with epoch, train_loss, train_acc, test_loss, test_acc); its directory is created "
-                        "if missing (default: none)")
+                   help="write one strict-JSON object per epoch: a new run starts FILE afresh, --resume appends to "
+                        "it; FILE must be new, empty, or have every line such an object (with epoch, train_loss, "
+                        "train_acc, test_loss, test_acc); its directory is created if missing (default: none)")
     p.add_argument("--tensorboard", metavar="DIR",
                    help="write TensorBoard scalars (per epoch, and loss and lr every --tensorboard-every steps) and the "
                         "configuration as hparams into DIR (created if missing; a new run needs one without event "
-                        "files, a --resume goes on in the same DIR); needs pip install 'gpucnn[tensorboard]' (default: none)")
+                        "files, a --resume goes on in the same DIR); needs " + install_hint("tensorboard") + " (default: none)")
     p.add_argument("--tensorboard-every", type=int, default=50, metavar="N",
                    help="steps between the per-step TensorBoard scalars; each reads the loss back from the device (default: 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
@@ -100,6 +102,9 @@ def _sample_flags(p):
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
     p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
+    p.add_argument("--dtype", choices=["float32", "float64"],
+                   help=f"float type of weights, activations and gradients; float64 is for checking results, and "
+                        f"slower (default: {d['dtype']})")
 
 
 def _distributed_flags(p):
@@ -207,7 +212,7 @@ def _lr_find_parser(sub):
                        description="Train the run's fresh net (same model, data and optimiser flags as train) while "
                                    "the learning rate grows exponentially from --start-lr to --end-lr, stop when the "
                                    "smoothed loss exceeds 4x its minimum, print a suggested rate and draw loss against "
-                                   "rate (pip install 'gpucnn[plot]'). Writes no checkpoint.")
+                                   f"rate ({install_hint('plot')}). Writes no checkpoint.")
     _data_flags(p)
     _step_flags(p)
     _sample_flags(p)
@@ -224,7 +229,7 @@ def _lr_find_parser(sub):
 
 def _eval_view_flags(p):
     image = ("; format from the suffix as for plot -o, replaces only an image of that format (needs matplotlib: "
-             "pip install 'gpucnn[plot]')")
+             + install_hint("plot") + ")")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document: accuracy, loss, per-class precision, recall, F1 and support, and the "
                         "confusion matrix (rows: true class)")
@@ -236,7 +241,7 @@ def _eval_view_flags(p):
 
 def _predict_parser(sub):
     p = sub.add_parser("predict", help="class probabilities of a checkpoint for image files",
-                       description="Classify image files (PNG, JPEG, BMP, ... via Pillow: pip install 'gpucnn[image]'). "
+                       description=f"Classify image files (PNG, JPEG, BMP, ... via Pillow: {install_hint('image')}). "
                                    "Each image becomes what the net was trained on: grey or RGB, resized to the training "
                                    "images' size (--fit), pixels scaled to 0..1 and normalised with the checkpoint's mean/std. "
                                    "MNIST-style nets expect white digits on a black background; use --invert for "
@@ -259,9 +264,9 @@ def _predict_parser(sub):
 def _export_parser(sub):
     p = sub.add_parser("export", help="write a checkpoint's net as ONNX or safetensors",
                        description="Export the eval-mode net of a checkpoint. FILE.onnx: a standard ONNX graph "
-                                   "(pip install 'gpucnn[onnx]'); FILE.safetensors: the state_dict under PyTorch's keys "
+                                   f"({install_hint('onnx')}); FILE.safetensors: the state_dict under PyTorch's keys "
                                    "with the model's name, input shape, classes and mean/std in its metadata "
-                                   "(pip install 'gpucnn[safetensors]').")
+                                   f"({install_hint('safetensors')}).")
     p.add_argument("--checkpoint", required=True, help="checkpoint file written by gpucnn train")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.onnx or FILE.safetensors")
     p.add_argument("--softmax", action="store_true", help="ONNX: end the graph with a Softmax (output 'probabilities' instead of 'logits')")
@@ -375,7 +380,7 @@ def _train(args, comm):
         validate.check_data_fits(data, ckpt, args.resume)
     init.seed(config["seed"])
     try:  # a bad hyper-parameter is the user's to fix: its message, not a traceback
-        model = models.build(config["model"], data.x_train.shape[1:], len(data.classes))
+        model = models.build(config["model"], data.x_train.shape[1:], len(data.classes), dtype=config["dtype"])
         steps_per_epoch = -(-len(data.y_train) // config["batch_size"])
         optimizer = make_optimizer(config["optimizer"], model.parameters(), lr=config["lr"], momentum=config["momentum"],
                                    nesterov=config["nesterov"], weight_decay=config["weight_decay"])

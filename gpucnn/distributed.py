@@ -33,6 +33,7 @@ import traceback
 import zlib
 
 from gpucnn.errors import GpucnnError
+from gpucnn.install_hint import install_hint
 
 # NumPy is imported where it is used, not here: launch() may still set the BLAS thread
 # count, which OpenBLAS reads once, when NumPy first loads.
@@ -224,7 +225,7 @@ def nccl_module():
         from cupy.cuda import nccl
     except ImportError as e:
         raise DistributedError(f"the cupy backend with several ranks needs NCCL (cupy.cuda.nccl: {e}); "
-                               f"install it with: pip install 'gpucnn[gpu]' (nvidia-nccl-cu13)") from None
+                               f"install it with: {install_hint('gpu')}, which brings nvidia-nccl-cu13") from None
     if not getattr(nccl, "available", True):
         raise DistributedError("CuPy was built without NCCL support (cupy.cuda.nccl.available is False)")
     return nccl
@@ -274,7 +275,7 @@ def launch(required=False, device=None, environ=os.environ):
         from mpi4py import MPI
     except ImportError as e:
         raise DistributedError(f"{where}, but mpi4py is not installed ({e}); "
-                               f"install it with: pip install 'gpucnn[dist]'") from None
+                               f"install it with: {install_hint('dist')}") from None
     except RuntimeError as e:  # mpi4py is there, the MPI library it loads at import is not
         found = " ".join(str(e).split())
         raise DistributedError(f"{where}, but mpi4py cannot load an MPI library ({found}); install one "

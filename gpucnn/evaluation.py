@@ -60,7 +60,8 @@ def batches(model, x, y, mean, std, *, batch_size=1000, tta=False):
     model.eval()
     loss_fn = SoftmaxCrossEntropy(dtype=leaf_dtype(model))
     try:
-        for xb, yb in iterate(x, y, batch_size, shuffle=False, seed=0, epoch=0, mean=mean, std=std):
+        for xb, yb in iterate(x, y, batch_size, shuffle=False, seed=0, epoch=0, mean=mean, std=std,
+                              dtype=loss_fn.dtype):
             logits = predict_logits(model, xb, tta)
             yield logits, yb, loss_fn.forward(logits, yb, check=False) * len(yb)
     finally:

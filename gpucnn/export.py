@@ -24,6 +24,7 @@ from gpucnn.errors import GpucnnError
 from gpucnn.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
                            Residual, Scale, Softmax)
 from gpucnn.init_from import safetensors_header
+from gpucnn.install_hint import install_hint
 from gpucnn.outputs import check_output, write_atomically
 from gpucnn.sequential import Sequential
 
@@ -42,7 +43,7 @@ def _onnx():
     try:
         import onnx
     except ImportError:
-        raise ExportError("exporting to ONNX needs the onnx package: pip install 'gpucnn[onnx]'") from None
+        raise ExportError(f"exporting to ONNX needs the onnx package: {install_hint('onnx')}") from None
     return onnx
 
 
@@ -50,8 +51,8 @@ def _safetensors_numpy():
     try:
         import safetensors.numpy
     except ImportError:
-        raise ExportError("exporting to .safetensors needs the safetensors package: "
-                          "pip install 'gpucnn[safetensors]'") from None
+        raise ExportError(f"exporting to .safetensors needs the safetensors package: "
+                          f"{install_hint('safetensors')}") from None
     return safetensors.numpy
 
 

@@ -14,6 +14,7 @@ import numpy
 
 from gpucnn.checkpoint import CheckpointError, check_model_state
 from gpucnn.errors import GpucnnError, short
+from gpucnn.install_hint import install_hint
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on its JSON header
@@ -50,7 +51,7 @@ def _read_safetensors(path):
         from safetensors.numpy import load_file
     except ImportError:
         raise InitFromError(f"--init-from {path}: reading .safetensors needs the safetensors package: "
-                            f"pip install 'gpucnn[safetensors]'") from None
+                            f"{install_hint('safetensors')}") from None
     try:
         return {k: _widened(v) for k, v in load_file(path).items()}
     except TypeError as e:

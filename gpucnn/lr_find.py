@@ -86,18 +86,21 @@ def sweep(model, optimizer, schedule, data, config, progress=True):
     """Train `model` under the sweep `schedule` for schedule.steps steps or until the loss
     diverges; returns the Sweep. Batches are the training loop's (shuffled by seed and epoch,
     over as many epochs as the steps need)."""
-    from gpucnn.data.batches import iterate
+    from gpucnn.data.batches import iterate, num_batches
     from gpucnn.layers.dropout import set_draws
-    from gpucnn.train import _ZERO_SUMS, _Epoch, _Interrupt, _StopRequested, make_step
+    from gpucnn.train import _ZERO_SUMS, _dtype, _Epoch, _Interrupt, _StopRequested, make_step
 
     watch = _Watch(make_step(model, optimizer, False, label_smoothing=config.get("label_smoothing", 0.0)), optimizer)
     set_draws(model.leaves(), 0)
     model.train()
     batches = itertools.islice(itertools.chain.from_iterable(
         iterate(data.x_train, data.y_train, config["batch_size"], shuffle=True, seed=config["seed"], epoch=epoch,
-                mean=data.mean, std=data.std, augment=config.get("augment", False)) for epoch in itertools.count()),
-        schedule.steps)
-    run = _Epoch(watch, optimizer, schedule, 0, schedule.steps, dict(_ZERO_SUMS), {"epochs": 1}, progress)
+                mean=data.mean, std=data.std, augment=config.get("augment", False), dtype=_dtype(model))
+        for epoch in itertools.count()), schedule.steps)
+    n, size = len(data.y_train), config["batch_size"]
+    sizes = [min(size, n - k * size) for k in range(num_batches(n, size))]  # an epoch's batches, the last short
+    run = _Epoch(watch, optimizer, schedule, 0, schedule.steps, dict(_ZERO_SUMS), {"epochs": 1}, progress,
+                 images=sum(sizes[k % len(sizes)] for k in range(schedule.steps)))
     run.bar.set_description("lr-find")
     interrupted = None
     with _Interrupt() as interrupt, numpy.errstate(over="ignore", invalid="ignore"):
@@ -154,7 +157,7 @@ def run(args):
     validate.check_splits(data, ("train",))
     init.seed(config["seed"])
     try:
-        model = models.build(config["model"], data.x_train.shape[1:], len(data.classes))
+        model = models.build(config["model"], data.x_train.shape[1:], len(data.classes), dtype=config["dtype"])
         optimizer = make_optimizer(config["optimizer"], model.parameters(), lr=args.start_lr,
                                    momentum=config["momentum"], nesterov=config["nesterov"],
                                    weight_decay=config["weight_decay"])

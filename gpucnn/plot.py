@@ -7,6 +7,7 @@ format (its magic bytes say so), the same rule as every gpucnn output (gpucnn.ou
 import os
 
 from gpucnn.errors import GpucnnError
+from gpucnn.install_hint import install_hint
 from gpucnn.metrics import read as read_metrics
 from gpucnn.outputs import check_distinct, check_output, write_atomically
 
@@ -65,7 +66,7 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise GpucnnError("plotting needs matplotlib: pip install 'gpucnn[plot]'") from None
+        raise GpucnnError(f"plotting needs matplotlib: {install_hint('plot')}") from None
     return plt
 
 

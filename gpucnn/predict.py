@@ -23,6 +23,7 @@ from tqdm import tqdm
 from gpucnn import backend
 from gpucnn.data.batches import iterate
 from gpucnn.errors import GpucnnError, short
+from gpucnn.install_hint import install_hint
 from gpucnn.layers.softmax import softmax
 
 FITS = ("stretch", "crop", "pad")
@@ -38,8 +39,8 @@ def pillow():
     try:
         from PIL import Image
     except ImportError:
-        raise GpucnnError("gpucnn predict reads images with Pillow, which is not installed: "
-                          "pip install 'gpucnn[image]'") from None
+        raise GpucnnError(f"gpucnn predict reads images with Pillow, which is not installed: "
+                          f"{install_hint('image')}") from None
     return Image
 
 

@@ -14,10 +14,11 @@ import glob
 import os
 
 from gpucnn.errors import GpucnnError
+from gpucnn.install_hint import install_hint
 from gpucnn.outputs import check_output_directory
 
 EVENTS = "*tfevents*"
-INSTALL = "TensorBoard logging needs tensorboardX: pip install 'gpucnn[tensorboard]'"
+INSTALL = f"TensorBoard logging needs tensorboardX: {install_hint('tensorboard')}"
 # The hparams dashboard's metric columns (tags written every epoch).
 HPARAM_METRICS = ("epoch/test_acc", "epoch/test_loss", "epoch/train_acc", "epoch/train_loss")
 

@@ -65,7 +65,7 @@ class TrainStep:
 
 def _dtype(model):
     """The float type the model computes in (its parameters'), float32 by default."""
-    return next((p.value.dtype for p in model.parameters()), None)
+    return next((p.value.dtype for p in model.parameters()), numpy.dtype(numpy.float32))
 
 
 def make_step(model, optimizer, use_graph, *, label_smoothing=0.0, ema=None, sync=None):
@@ -208,10 +208,11 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
             resumed = epoch == start["epoch"]
             first = start["step"] if resumed else 0
             sums = {k: start[k] for k in _ZERO_SUMS} if resumed else dict(_ZERO_SUMS)
-            epoch_run = _Epoch(step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync, sinks)
+            epoch_run = _Epoch(step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync, sinks,
+                               images=len(data.y_train))
             batches = iterate(data.x_train, data.y_train, config["batch_size"], shuffle=True, seed=config["seed"],
                               epoch=epoch, mean=data.mean, std=data.std, augment=config.get("augment", False),
-                              skip=first, shard=(comm.rank, comm.size) if sync else None)
+                              skip=first, shard=(comm.rank, comm.size) if sync else None, dtype=_dtype(model))
             if sync:
                 batches = sync.announce(batches, len(data.y_train), config["batch_size"], first, interrupt)
             try:
@@ -265,7 +266,7 @@ class _Epoch:
     """One epoch's steps: progress bar, running sums kept on the device, NaN check, Ctrl-C."""
 
     def __init__(self, step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync=None,
-                 sinks=None):
+                 sinks=None, images=None):
         xp = backend.xp
         self.step_fn, self.optimizer, self.schedule, self.sync = step_fn, optimizer, schedule, sync
         self.sinks = sinks or Sinks()
@@ -276,7 +277,8 @@ class _Epoch:
         self.loss_sum = xp.asarray(sums["loss_sum"], dtype=xp.float64)
         self.correct = xp.asarray(sums["correct"], dtype=xp.int64)
         self.seen, self.spent = sums["seen"], sums["seconds"]
-        self.bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config['epochs']}", unit="batch",
+        # Counted in images, so tqdm's own rate is img/s, the unit of the epoch's summary line.
+        self.bar = tqdm(total=images, desc=f"epoch {epoch + 1}/{config['epochs']}", unit="img", unit_scale=True,
                         disable=not progress, dynamic_ncols=True, leave=False)
         self.done = 0
         self.t0 = time.perf_counter()
@@ -288,7 +290,7 @@ class _Epoch:
 
     def run(self, batches, first, interrupt, save_path):
         self.done = first
-        self.bar.update(first)
+        self.bar.update(self.seen)  # the images of the steps a resumed epoch already ran
         try:
             for step, (xb, yb) in enumerate(batches, start=first):
                 self.optimizer.lr = self.schedule(self.epoch * self.steps + step)
@@ -310,7 +312,7 @@ class _Epoch:
                     self._check(float(loss), save_path)  # on the GPU, the only read-back
                 if self.done % self.refresh == 0 or last:
                     self._show()
-                self.bar.update(1)
+                self.bar.update(count)
                 stop = interrupt.requested if self.sync is None else checked and self.sync.stop_seen()
                 if stop and not last:
                     raise _StopRequested(interrupt.signum)
@@ -326,6 +328,5 @@ class _Epoch:
             raise TrainingStopped(f"loss became {value} at epoch {self.epoch + 1}, step {self.done}; stopped ({kept})")
 
     def _show(self):
-        elapsed = self.spent + time.perf_counter() - self.t0
         self.bar.set_postfix(loss=f"{float(self.loss_sum) / self.seen:.4f}", acc=f"{int(self.correct) / self.seen:.4f}",
-                             img_s=f"{self.seen / max(elapsed, 1e-9):,.0f}", refresh=False)
+                             refresh=False)

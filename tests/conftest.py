@@ -15,6 +15,27 @@ def _cupy_usable():
         return False
 
 
+def pytest_report_header(config):
+    """What this run tests, and whether the MNIST tests run (both said, never silent)."""
+    import real_mnist
+
+    return [_code_under_test()[0],
+            f"MNIST: {real_mnist.MNIST}" if real_mnist.FOUND else f"{real_mnist.HOW}; the tests that need it skip"]
+
+
+def pytest_sessionstart(session):
+    error = _code_under_test()[1]
+    if error:
+        pytest.exit(error, returncode=4)
+
+
+def _code_under_test():
+    import gpucnn
+    from code_under_test import describe
+
+    return describe(os.path.dirname(os.path.abspath(gpucnn.__file__)))
+
+
 def pytest_collection_modifyitems(config, items):
     if _cupy_usable():
         return

@@ -12,10 +12,10 @@ import pytest
 from gpucnn import data
 from gpucnn.data import DatasetError, cifar, idx
 from gpucnn.data.stats import channel_stats
+from real_mnist import MNIST, needs_mnist
 from reliability_helpers import idx_bytes
 from reliability_helpers import write_bytes as write
 
-MNIST_DIR = "/work/shared/data/mnist"
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -210,9 +210,9 @@ def test_unknown_name_lists_choices():
 
 # ---------------------------------------------------------------- real MNIST / Fashion-MNIST
 
-@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="real MNIST not present")
+@needs_mnist
 def test_real_mnist():
-    ds = data.load("mnist", data_dir=MNIST_DIR)
+    ds = data.load("mnist", data_dir=MNIST)
     assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)
     assert ds.y_train[:5].tolist() == [5, 0, 4, 1, 9]
     assert ds.y_test[:5].tolist() == [7, 2, 1, 0, 4]
@@ -412,7 +412,7 @@ def test_digits_without_sklearn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
     with pytest.raises(DatasetError) as e:
         data.load("digits")
-    assert "pip install 'gpucnn[digits]'" in str(e.value)
+    assert 'pip install ".[digits]" (in the gpucnn clone)' in str(e.value)
 
 
 # ---------------------------------------------------------------- stats

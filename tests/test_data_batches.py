@@ -40,7 +40,7 @@ def test_batches_live_on_backend_with_dtypes():
 def test_same_seed_and_epoch_same_batches_other_epoch_other_order():
     x = _images()
     a, b = _run(x, epoch=3), _run(x, epoch=3)
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         numpy.testing.assert_array_equal(xa, xb)
         numpy.testing.assert_array_equal(ya, yb)
     order3 = numpy.concatenate([y for _, y in a])
@@ -67,7 +67,7 @@ def test_skip_resumes_the_same_sequence():
     full = _run(x, bs=3, epoch=2, augment=True)
     resumed = _run(x, bs=3, epoch=2, augment=True, skip=2)
     assert len(resumed) == len(full) - 2
-    for (xa, ya), (xb, yb) in zip(full[2:], resumed):
+    for (xa, ya), (xb, yb) in zip(full[2:], resumed, strict=True):
         numpy.testing.assert_array_equal(xa, xb)
         numpy.testing.assert_array_equal(ya, yb)
 
@@ -175,6 +175,25 @@ def test_numpy_and_cupy_give_the_same_batches():
         on_device = _run(x, **kw)
     finally:
         backend.select(previous)
-    for (xa, ya), (xb, yb) in zip(on_host, on_device):
+    assert len(on_host) == num_batches(33, 8) == 5, len(on_host)
+    same_batches(on_host, on_device)
+
+
+def same_batches(a, b):
+    """Batch for batch: labels equal, images to float32 rounding; a batch missing on one side fails."""
+    assert len(a) == len(b), (len(a), len(b))
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         numpy.testing.assert_array_equal(ya, yb)
         numpy.testing.assert_allclose(xa, xb, rtol=1e-6, atol=1e-6)
+
+
+def test_the_batch_comparison_sees_a_missing_or_changed_batch():
+    """What the GPU test above relies on, shown where it runs: on the host."""
+    a = _run(_images(n=33, h=8, w=8), bs=8, epoch=5, augment=True)
+    same_batches(a, a)
+    with pytest.raises(AssertionError):
+        same_batches(a, a[:-1])
+    with pytest.raises(AssertionError):
+        same_batches(a[:-1], a)
+    with pytest.raises(AssertionError):
+        same_batches(a, [a[0], (a[1][0] + 1e-3, a[1][1]), *a[2:]])

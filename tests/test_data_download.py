@@ -15,8 +15,8 @@ import pytest
 from gpucnn import data
 from gpucnn.data import DatasetError, cifar, idx
 from gpucnn.data import download as dl
+from real_mnist import HOW, MNIST
 
-MNIST_DIR = "/work/shared/data/mnist"
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -241,9 +241,9 @@ def _gunzip_md5(path):
         return md5(f.read())
 
 
-@pytest.mark.parametrize("name, directory", [("mnist", MNIST_DIR), ("fashion-mnist", FASHION_DIR)])
+@pytest.mark.parametrize("name, directory", [("mnist", MNIST), ("fashion-mnist", FASHION_DIR)])
 def test_builtin_md5s_match_real_files(name, directory):
     if not os.path.isdir(directory):
-        pytest.skip(f"{directory} not present")
+        pytest.skip(HOW if name == "mnist" else f"{directory} not present (Debian: apt install dataset-fashion-mnist)")
     for stem, expected in dl.IDX_MD5[name].items():
         assert _gunzip_md5(os.path.join(directory, stem + ".gz")) == expected, stem

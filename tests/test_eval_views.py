@@ -153,4 +153,4 @@ def test_the_two_images_must_differ_and_the_count_be_positive(tmp_path, capsys):
 def test_images_without_matplotlib_say_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "missing.ckpt"), "--mistakes", str(tmp_path / "m.png")]) == 2
-    assert "pip install 'gpucnn[plot]'" in capsys.readouterr().err
+    assert 'pip install ".[plot]"' in capsys.readouterr().err

@@ -17,9 +17,9 @@ from gpucnn.export import OPSET, ExportError, safetensors_bytes, to_onnx  # noqa
 from gpucnn.layers import BatchNorm2d, Conv2d, Flatten, Layer, Linear, ReLU  # noqa: E402
 from gpucnn.sequential import Sequential  # noqa: E402
 from gpucnn.trained import load_trained  # noqa: E402
+from real_mnist import mnist_dir  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
 STANDARD_OPS = {"Conv", "BatchNormalization", "Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten",
                 "Gemm", "Add", "Mul", "Softmax", "Identity"}
 
@@ -54,9 +54,7 @@ def _logits(model, x):
 
 def _real_digits(shape):
     """Real handwritten digits shaped for `shape`: MNIST test images, normalised like training."""
-    if not os.path.isdir(MNIST):
-        pytest.skip("MNIST not found beside the repository (shared/data/mnist)")
-    x = idx.read_images(idx.find(MNIST, idx.FILES["test_images"]))[:6].astype(numpy.float32) / 255
+    x = idx.read_images(idx.find(mnist_dir(), idx.FILES["test_images"]))[:6].astype(numpy.float32) / 255
     x = numpy.repeat(x, shape[0], axis=1)
     return ((x - 0.1307) / 0.3081).astype(numpy.float32)
 

@@ -9,9 +9,8 @@ import pytest
 
 from gpucnn import cli, lr_find
 from gpucnn.optim.schedules import ExponentialSweep
+from real_mnist import mnist_dir
 
-MNIST = next((d for d in (os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist"),
-                          "/work/shared/data/mnist") if os.path.isdir(d)), None)
 
 
 def test_sweep_is_log_spaced_from_start_to_end():
@@ -71,11 +70,9 @@ def test_steepest_descent_and_min_over_ten():
 
 @pytest.fixture
 def mnist_subset(tmp_path):
-    if MNIST is None:
-        pytest.skip("real MNIST not found")
     from gpucnn.data import load
 
-    d = load("mnist", data_dir=MNIST)
+    d = load("mnist", data_dir=mnist_dir())
     path = tmp_path / "mnist3k.npz"
     numpy.savez(path, x_train=d.x_train[:3000], y_train=d.y_train[:3000], x_test=d.x_test[:1000],
                 y_test=d.y_test[:1000])

@@ -7,7 +7,7 @@ from gpucnn.layers import SoftmaxCrossEntropy
 
 from helpers import close
 
-F32 = numpy.float32
+F32, F64 = numpy.float32, numpy.float64
 
 
 def torch_lenet(nn):
@@ -61,19 +61,23 @@ def test_pytorch_state_dict_loads_as_is(build, twin, shape):
         close(ours.forward(x), ref(torch.from_numpy(x)).numpy())
 
 
+@pytest.mark.parametrize("dtype", [F64, F32])
 @pytest.mark.parametrize("name,shape", [("lenet", (1, 28, 28)), ("vgg_bn", (3, 16, 16)), ("small", (1, 8, 8))])
-def test_training_step_matches_pytorch(name, shape):
-    """Loss, logits and every parameter gradient of a whole net equal PyTorch's in float32."""
+def test_training_step_matches_pytorch(name, shape, dtype):
+    """Loss, logits, every parameter gradient and the BN statistics of a whole net equal
+    PyTorch's: in float64 to rounding. In float32 the gradients are not compared: each net
+    max-pools, and a window whose two largest inputs differ by a rounding error routes its
+    gradient to either, by the CPU's summation order (tests/test_resnets.py saw 23%)."""
     torch = pytest.importorskip("torch")
     from gpucnn.torch_twin import to_torch
 
     init.seed(3)
-    model = models.build(name, shape, 10)
+    model = models.build(name, shape, 10, dtype=dtype)
     ref = to_torch(model)
     rng = numpy.random.default_rng(0)
-    x = rng.standard_normal((8, *shape)).astype(F32)
+    x = rng.standard_normal((8, *shape)).astype(dtype)
     y = rng.integers(0, 10, 8)
-    loss_fn = SoftmaxCrossEntropy()
+    loss_fn = SoftmaxCrossEntropy(dtype=dtype)
     logits = model.forward(x)
     loss = loss_fn.forward(logits, y)
     model.backward(loss_fn.backward())
@@ -81,13 +85,14 @@ def test_training_step_matches_pytorch(name, shape):
     out = ref(torch.from_numpy(x))
     ref_loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(y))
     ref_loss.backward()
-    close(logits, out.detach().numpy())
-    assert float(loss) == pytest.approx(ref_loss.item(), rel=1e-5)
+    rtol = 1e-10 if dtype == F64 else 1e-4
+    close(logits, out.detach().numpy(), rtol)
+    assert float(loss) == pytest.approx(ref_loss.item(), rel=rtol / 10)
     grads = {f"{i}.{n}": g for i, layer in enumerate(model.layers) for n, g in layer.grads.items()}
     ref_grads = {k: p.grad.numpy() for k, p in ref.named_parameters()}
     assert grads.keys() == ref_grads.keys()
-    for k in grads:
-        close(grads[k], ref_grads[k], rtol=5e-4)
+    for k in grads if dtype == F64 else ():
+        close(grads[k], ref_grads[k], rtol)
     state = model.state_dict()
     for k, v in ref.state_dict().items():  # BatchNorm running statistics after one step
-        close(state[k], v.numpy())
+        close(state[k], v.numpy(), rtol)

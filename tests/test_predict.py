@@ -1,6 +1,7 @@
 """gpucnn predict: image files in, the net's probabilities out, exactly as for the training arrays."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -16,21 +17,20 @@ from gpucnn.data import idx  # noqa: E402
 from gpucnn.errors import GpucnnError  # noqa: E402
 from gpucnn.predict import predict_arrays, predict_files, read_image  # noqa: E402
 from gpucnn.trained import load_trained  # noqa: E402
+from real_mnist import mnist_dir  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST = os.path.join(ROOT, "..", "shared", "data", "mnist")
 
 
 @pytest.fixture(scope="module")
 def mnist_run(tmp_path_factory):
     """A `small` net trained one epoch on 1200 MNIST digits (about a second), and 24 test digits."""
-    if not os.path.isdir(MNIST):
-        pytest.skip("MNIST not found beside the repository (shared/data/mnist)")
+    mnist = mnist_dir()
     d = tmp_path_factory.mktemp("mnist_run")
-    x = idx.read_images(idx.find(MNIST, idx.FILES["train_images"]))[:1200, 0]
-    y = idx.read_labels(idx.find(MNIST, idx.FILES["train_labels"]), 10)[:1200]
-    xt = idx.read_images(idx.find(MNIST, idx.FILES["test_images"]))[:24, 0]
-    yt = idx.read_labels(idx.find(MNIST, idx.FILES["test_labels"]), 10)[:24]
+    x = idx.read_images(idx.find(mnist, idx.FILES["train_images"]))[:1200, 0]
+    y = idx.read_labels(idx.find(mnist, idx.FILES["train_labels"]), 10)[:1200]
+    xt = idx.read_images(idx.find(mnist, idx.FILES["test_images"]))[:24, 0]
+    yt = idx.read_labels(idx.find(mnist, idx.FILES["test_labels"]), 10)[:24]
     numpy.savez(d / "mnist1k.npz", x_train=x, y_train=y, x_test=xt, y_test=yt)
     ckpt = d / "m.ckpt"
     assert cli.main(["train", "--dataset", str(d / "mnist1k.npz"), "--epochs", "1", "--batch-size", "32",
@@ -241,7 +241,7 @@ def test_without_pillow_the_message_names_the_extra(monkeypatch):
     from gpucnn import predict
 
     monkeypatch.setitem(sys.modules, "PIL", None)
-    with pytest.raises(GpucnnError, match=r"gpucnn\[image\]"):
+    with pytest.raises(GpucnnError, match=re.escape('pip install ".[image]" (in the gpucnn clone)')):
         predict.pillow()
 
 

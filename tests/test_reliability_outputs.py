@@ -3,9 +3,13 @@
 Each case checks the exit status, the one-line message, and that every file the user had is
 byte for byte what it was (snapshot of the whole directory before and after).
 """
+import errno
+import functools
 import json
 import os
 import stat
+import subprocess
+import tempfile
 
 import pytest
 
@@ -131,21 +135,49 @@ def test_an_output_under_a_regular_file_is_refused(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-@pytest.mark.skipif(AS_ROOT, reason="root may write into a read-only directory, so there is nothing to refuse")
-def test_a_read_only_directory_is_refused(tmp_path):
+@pytest.mark.parametrize("how,words", [("mode 555", ["not writable"]),
+                                       ("read-only mount", ["cannot create a file", "Read-only file system"])])
+def test_a_read_only_directory_is_refused(tmp_path, monkeypatch, capsys, how, words):
+    """Simulated, so that it runs as root too (root writes into a mode-555 directory): either
+    access() says no, as for a user on a mode-555 directory, or access() says yes and creating
+    a file fails, as for root on a read-only mount. Nothing is written there either way."""
+    from gpucnn import cli
+
     d = tiny_npz(tmp_path / "d.npz")
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
+    inside = functools.partial(_is_within, os.path.realpath(ro))
+    access, mkstemp = os.access, tempfile.mkstemp
+    if how == "mode 555":
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: not (inside(p) and mode & os.W_OK) and access(p, mode, **kw))
+
+    def no_new_files(*args, dir=None, **kw):
+        if dir is not None and inside(dir):
+            raise OSError(errno.EACCES if how == "mode 555" else errno.EROFS,
+                          os.strerror(errno.EACCES if how == "mode 555" else errno.EROFS))
+        return mkstemp(*args, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_new_files)
+
+    def run(*args):
+        code = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
     try:
-        refused(gpucnn("train", "--dataset", d, *TRAIN, "--save", ro / "c.ckpt"), "not writable")
-        refused(gpucnn("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", ro / "m.jsonl"), "not writable")
+        refused(run("train", "--dataset", d, *TRAIN, "--save", ro / "c.ckpt"), *words)
+        refused(run("train", "--dataset", d, *TRAIN, "--no-save", "--metrics-out", ro / "m.jsonl"), *words)
         m = tmp_path / "m.jsonl"
         m.write_text(json.dumps(ROW) + "\n")
-        refused(gpucnn("plot", m, "-o", ro / "c.png"), "not writable")
+        refused(run("plot", m, "-o", ro / "c.png"), *words)
         assert os.listdir(ro) == []
     finally:
         ro.chmod(0o755)
+
+
+def _is_within(directory, path):
+    return os.path.realpath(os.fspath(path)) == directory or os.path.realpath(os.fspath(path)).startswith(directory + os.sep)
 
 
 # --- --metrics-out: a gpucnn metrics file is the run's (a new run replaces it, a resume
@@ -212,8 +244,10 @@ def test_metrics_are_strict_json(tmp_path):
     def no_constants(name):
         raise AssertionError(f"{name} in the metrics file")
 
-    for line in m.read_text().splitlines():
-        json.loads(line, parse_constant=no_constants)
+    lines = m.read_text().splitlines()
+    assert len(lines) == 1, lines  # one epoch, one object: an empty file would pass the loop below
+    for line in lines:
+        assert json.loads(line, parse_constant=no_constants)["epoch"] == 1
 
 
 def test_metrics_encode_non_finite_values_as_null():

@@ -108,7 +108,7 @@ def test_bad_every_and_a_missing_tensorboardx_are_told_before_any_work(tmp_path,
     assert "--tensorboard-every must be at least 1" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import tensorboardX now raises ImportError
     assert cli.main([*RUN, "--no-save", "--tensorboard", str(tmp_path / "tb")]) == 2
-    assert "pip install 'gpucnn[tensorboard]'" in capsys.readouterr().err
+    assert 'pip install ".[tensorboard]"' in capsys.readouterr().err
     assert not (tmp_path / "tb").exists()
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from gpucnn import cli
 from gpucnn.checkpoint import load_checkpoint
+from real_mnist import MNIST, needs_mnist
 
 pytest.importorskip("sklearn")  # the built-in digits dataset
 
@@ -168,11 +169,8 @@ def test_gradient_check_command_passes(capsys):
     assert "BatchNorm2d eval" in out and "MaxPool2d k3 s2 overlap" in out
 
 
-MNIST = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not os.path.isdir(MNIST), reason="real MNIST not found beside the repo")
+@needs_mnist
 def test_lenet_on_mnist_two_epochs_reaches_98_5(capsys):
     assert cli.main(["train", "--model", "lenet", "--dataset", "mnist", "--data-dir", MNIST,
                      "--epochs", "2", "--no-progress", "--no-save"]) == 0
@@ -231,7 +229,7 @@ def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch, capsy
     metrics.write_text(json.dumps({"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.0, "test_acc": 0.5}) + "\n")
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     assert cli.main(["plot", str(metrics), "-o", str(tmp_path / "c.png")]) == 2
-    assert "pip install 'gpucnn[plot]'" in capsys.readouterr().err
+    assert 'pip install ".[plot]" (in the gpucnn clone)' in capsys.readouterr().err
 
 
 def test_plot_rejects_a_file_that_is_not_metrics(tmp_path, capsys):

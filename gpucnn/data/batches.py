@@ -76,8 +76,8 @@ def crop_flip(xb, shifts, flips, pad=PAD):
 
 
 def iterate(x, y, batch_size, *, shuffle, seed, epoch, mean, std, augment=False,
-            drop_last=False, skip=0, shard=None):
-    """Yield (xb float32 (B, C, H, W), yb int64 (B,)) on backend.xp for one epoch.
+            drop_last=False, skip=0, shard=None, dtype=numpy.float32):
+    """Yield (xb `dtype` (B, C, H, W), yb int64 (B,)) on backend.xp for one epoch.
 
     x, y: host (NumPy) arrays, images NCHW uint8 or float. mean, std: per channel (C,)
     or scalars, in the scaled-pixel units of stats.py. augment: random crop with PAD
@@ -91,13 +91,12 @@ def iterate(x, y, batch_size, *, shuffle, seed, epoch, mean, std, augment=False,
         raise ValueError(f"x has {n} samples but y has {len(y)}")
     total = num_batches(n, batch_size, drop_last)
     plan = epoch_plan(n, shuffle=shuffle, seed=seed, epoch=epoch, augment=augment)
-    xp = backend.xp
     channels = x.shape[1]
     std = numpy.broadcast_to(numpy.asarray(std, dtype=numpy.float64).reshape(-1), (channels,))
     mean = numpy.broadcast_to(numpy.asarray(mean, dtype=numpy.float64).reshape(-1), (channels,))
     # (x * scale - mean) / std folded into one multiply-add per element on the device.
-    mul = backend.to_device((pixel_scale(x.dtype) / std).reshape(1, -1, 1, 1), numpy.float32)
-    add = backend.to_device((-mean / std).reshape(1, -1, 1, 1), numpy.float32)
+    mul = backend.to_device((pixel_scale(x.dtype) / std).reshape(1, -1, 1, 1), dtype)
+    add = backend.to_device((-mean / std).reshape(1, -1, 1, 1), dtype)
     for k in range(skip, total):
         pos = slice(k * batch_size, min((k + 1) * batch_size, n))
         if shard is not None:
@@ -108,4 +107,4 @@ def iterate(x, y, batch_size, *, shuffle, seed, epoch, mean, std, augment=False,
         yb = backend.to_device(y[idx], numpy.int64)
         if augment:
             xb = crop_flip(xb, backend.to_device(plan.shifts[pos]), backend.to_device(plan.flips[pos]))
-        yield xb.astype(xp.float32) * mul + add, yb
+        yield xb.astype(dtype) * mul + add, yb

@@ -9,6 +9,7 @@ image goes to the test set (a stratified 80/20 split: 1442 train, 355 test).
 import numpy
 
 from .errors import DatasetError
+from ..install_hint import install_hint
 
 CLASSES = [str(i) for i in range(10)]
 
@@ -18,8 +19,7 @@ def load():
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise DatasetError("the built-in 'digits' dataset needs scikit-learn: "
-                           "pip install 'gpucnn[digits]'") from None
+        raise DatasetError(f"the built-in 'digits' dataset needs scikit-learn: {install_hint('digits')}") from None
     d = load_digits()
     x = (d.images.astype(numpy.float32) / 16.0)[:, None]  # (1797, 1, 8, 8)
     y = d.target.astype(numpy.int64)
