@@ -109,8 +109,8 @@ class BatchNorm2d(Layer):
         invstd = 1 / xp.sqrt(var + self.eps)
         if backend.is_cupy_array(x):
             x = xp.ascontiguousarray(x)
-            ew, index = _elementwise_for(x)
-            y = ew.normalize(x, mean, invstd, gamma, beta, index(h * w), index(c))
+            y = xp.empty_like(x)
+            _elementwise("bn_normalize", (x, mean, invstd, gamma, beta, y), x.shape)
             self.save(self.training, x, None, mean, invstd, y)
         else:
             # Two new arrays (xhat, kept for backward, and y), the rest in place: on NumPy
@@ -139,13 +139,13 @@ class BatchNorm2d(Layer):
         if training and self.reduce is not None:  # dx needs the global sums (over M values)
             sum_dy, sum_dy_xhat, m = _global_means(sum_dy, sum_dy_xhat, self._count, self.reduce)
         if on_gpu:
-            ew, index = _elementwise_for(dy)
+            dx = backend.cupy_module().empty_like(dy)
             if training:
                 # m = 0: an empty data-parallel share (nothing to compute, but 1 / 0 would raise)
-                dx = ew.dx_train(x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, index(h * w), index(c),
-                                 x.dtype.type(1.0 / m if m else 0.0))
+                inv_m = dy.dtype.type(1.0 / m if m else 0.0)
+                _elementwise("bn_dx_train", (x, dy, mean, invstd, gamma, sum_dy, sum_dy_xhat, inv_m, dx), dy.shape)
             else:
-                dx = ew.dx_eval(dy, invstd, gamma, index(h * w), index(c))
+                _elementwise("bn_dx_eval", (dy, invstd, gamma, dx), dy.shape)
         else:
             scale = gamma * invstd
             dx = dy * scale[:, None, None]
@@ -277,50 +277,9 @@ def _sm_count(device_id):
     return backend.cupy_module().cuda.runtime.getDeviceProperties(device_id)["multiProcessorCount"]
 
 
-def _elementwise_for(a):
-    """The elementwise kernels for an array of a's size, and the type of their hw, channels."""
-    if a.size <= 0xFFFFFFFF:
-        return _elementwise(True), numpy.uint32
-    return _elementwise(False), numpy.int64
-
-
-@functools.lru_cache(maxsize=None)
-def _elementwise(index32):
-    """The elementwise CuPy kernels; `i` is the flat NCHW index, so channel = (i / HW) % C.
-
-    Built on first use (CuPy compiles them per dtype itself). Recomputing xhat from x in
-    the dx kernel costs less memory traffic than storing it from the forward pass. The
-    channel is found in 32-bit unsigned arithmetic whenever the array allows it, for the
-    reason kernels/index32.cuh gives: GPUs have no integer divider, and a 64-bit division
-    is a run-time width test plus, past 32 bits, a long emulation.
-    """
-    cp = backend.cupy_module()
-    index_t, channel = (
-        ("uint32", "const unsigned int c = ((unsigned int)i / hw) % channels;") if index32
-        else ("int64", "const ptrdiff_t c = (i / hw) % channels;")
-    )
-    per_channel = "raw T mean, raw T invstd, raw T weight"
-    suffix = "_i32" if index32 else "_i64"
-
-    class Kernels:
-        normalize = cp.ElementwiseKernel(
-            f"T x, {per_channel}, raw T bias, {index_t} hw, {index_t} channels",
-            "T y",
-            channel + "y = (x - mean[c]) * invstd[c] * weight[c] + bias[c];",
-            "gpucnn_bn_normalize" + suffix,
-        )
-        dx_train = cp.ElementwiseKernel(
-            f"T x, T dy, {per_channel}, raw T sum_dy, raw T sum_dy_xhat, {index_t} hw, {index_t} channels, T inv_m",
-            "T dx",
-            channel + "const T xhat = (x - mean[c]) * invstd[c];"
-            "dx = weight[c] * invstd[c] * (dy - (sum_dy[c] + xhat * sum_dy_xhat[c]) * inv_m);",
-            "gpucnn_bn_dx_train" + suffix,
-        )
-        dx_eval = cp.ElementwiseKernel(
-            f"T dy, raw T invstd, raw T weight, {index_t} hw, {index_t} channels",
-            "T dx",
-            channel + "dx = dy * weight[c] * invstd[c];",
-            "gpucnn_bn_dx_eval" + suffix,
-        )
-
-    return Kernels
+def _elementwise(name, args, shape):
+    """One of kernels/batchnorm_elementwise.cu's kernels over an NCHW array of `shape`."""
+    n, c, h, w = shape
+    total = n * c * h * w
+    kernels.launch("batchnorm_elementwise.cu", name, args[0].dtype, total,
+                   args + (numpy.int64(total), numpy.int64(h * w), numpy.int64(c)))
