@@ -217,6 +217,34 @@ def test_batchnorm_kernels_follow_numpy_training_then_eval(cupy_on_host, monkeyp
             close(twin.grads[name], layer.grads[name], rtol=rtol)
 
 
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_synchronised_batchnorm_statistics_on_the_cupy_path(cupy_on_host, monkeypatch, width, rng):
+    """--sync-bn's forward on the CuPy path (bn_partial_sum_sumsq, one pass, float64) at
+    |mean| / std = 3000: mean and var right to float32 rounding against a float64 two-pass
+    reference; the layer (one rank: the sum over ranks is itself) then as NumPy's."""
+    from gpucnn.layers.batchnorm import _global_stats
+
+    monkeypatch.setattr(batchnorm_module, "_MIN_VALUES_PER_THREAD", 1)
+    monkeypatch.setattr(host_cupy.RawModule, "extra_options", WIDTHS[width])
+    shape = (2, 2, 20, 20)  # 3 blocks share each channel, as in the test above
+    x = (numpy.array([3000.0, -1500.0])[:, None, None] + rng.standard_normal(shape)).astype(numpy.float32)
+    ref = x.astype(numpy.float64)
+    mean, var, m = _global_stats(on_device(cupy_on_host, x), reduce=lambda sums: None)
+    assert isinstance(var, cupy_on_host.ndarray) and var.dtype == numpy.float32 and float(m) == 800
+    numpy.testing.assert_allclose(mean, ref.mean(axis=(0, 2, 3)), rtol=1.2e-7)
+    numpy.testing.assert_allclose(var, ref.var(axis=(0, 2, 3)), rtol=2.4e-7)
+
+    layer = numpy_layer(lambda: BatchNorm2d(2, dtype=numpy.float64))
+    twin = BatchNorm2d(2, dtype=numpy.float64)
+    layer.reduce = twin.reduce = lambda sums: None
+    x = rng.standard_normal(shape) * 2 + 1  # float64, near zero: the paths' adding orders barely matter
+    y = layer.forward(x)
+    close(twin.forward(on_device(cupy_on_host, x)), y, rtol=1e-12)
+    close(twin.buffers["running_var"], layer.buffers["running_var"], rtol=1e-12)
+    dy = rng.standard_normal(shape)
+    close(twin.backward(on_device(cupy_on_host, dy)), layer.backward(dy), rtol=1e-11)
+
+
 @pytest.mark.parametrize("dtype, rtol", [(numpy.float64, 1e-12), (numpy.float32, 2e-6)])
 @pytest.mark.parametrize("name, kw", CONFIGS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CONFIGS)])
 def test_fused_optimiser_kernels_follow_the_numpy_update(cupy_on_host, blocks, name, kw, dtype, rtol, rng):

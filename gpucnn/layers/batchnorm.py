@@ -17,7 +17,8 @@ Backward (training), with both statistics depending on x:
 In eval the statistics are constants, so dx = gamma * invstd * dy.
 
 Synchronised (data-parallel --sync-bn): set `reduce` to an in-place sum over ranks. Then
-M, sum(x) and sum(x^2) (float64) are summed over the ranks before mean_c and var_c, and
+M, sum(x) and sum(x^2) (float64) are summed over the ranks before mean_c and var_c
+(var_c = sum(x^2) / M - mean_c^2; see _global_stats for what that costs in accuracy), and
 dbeta, dgamma before dx, so every rank normalises with the global batch's statistics and
 gets dx as one process would. The layer's own grads stay this rank's part of the sums
 (the trainer sums gradients over ranks afterwards).
@@ -172,19 +173,41 @@ class BatchNorm2d(Layer):
 
 def _global_stats(x, reduce):
     """Per-channel mean and biased variance of the global batch, and its count M (a 0-d
-    float64 device array): sum(x), sum(x^2) and M in float64, summed over ranks by `reduce`.
-    One collective; in float64 the E[x^2] - E[x]^2 of float32 data loses nothing it keeps."""
+    float64 device array): sum(x), sum(x^2) and M, summed over ranks by `reduce` (one
+    collective), then var = sum(x^2) / M - mean^2. The sums are float64 with every square
+    exact (a float32's square fits a double), so only the float64 additions round; the
+    difference then cancels about (mean / std)^2 of the digits. Measured on float32 data
+    (8x12x12 values a channel) against a float64 two-pass variance: relative error 7e-9 at
+    |mean| / std = 3000, 2e-8 at 1e4 (both below float32's rounding of the result, 6e-8),
+    1e-5 at 1e5. The single-process path (_batch_stats) has no such cancellation."""
     xp = backend.get_array_module(x)
     n, c, h, w = x.shape
     sums = xp.empty(2 * c + 1, dtype=xp.float64)
-    sums[:c] = x.sum(axis=_AXES, dtype=xp.float64)
-    sums[c:2 * c] = xp.square(x).sum(axis=_AXES, dtype=xp.float64)
+    _sum_and_sum_of_squares(x, sums[:c], sums[c:2 * c])
     sums[2 * c] = n * h * w
     reduce(sums)
     m = sums[2 * c]
     mean = sums[:c] / m
     var = xp.maximum(sums[c:2 * c] / m - mean * mean, 0.0)
     return mean.astype(x.dtype), var.astype(x.dtype), m
+
+
+def _sum_and_sum_of_squares(x, out_sum, out_sumsq):
+    """sum(x) and sum(x^2) per channel into the float64 arrays out_sum, out_sumsq: one pass
+    over x, no array of x's size made (on CuPy, kernels/batchnorm.cu's partial sums)."""
+    if not backend.is_cupy_array(x):
+        out_sum[...] = x.sum(axis=_AXES, dtype=numpy.float64)
+        out_sumsq[...] = numpy.einsum("nchw,nchw->c", x, x, dtype=numpy.float64)
+        return
+    cp = backend.cupy_module()
+    x = cp.ascontiguousarray(x)
+    n, c, h, w = x.shape
+    splits = _splits(n * h * w, c)
+    partial_sum, partial_sumsq = cp.empty((c, splits), dtype=cp.float64), cp.empty((c, splits), dtype=cp.float64)
+    _kernel("bn_partial_sum_sumsq", x.dtype)(
+        (splits, c), (_BN_THREADS,), (x, partial_sum, partial_sumsq) + _geometry(x.shape))
+    partial_sum.sum(axis=1, out=out_sum)
+    partial_sumsq.sum(axis=1, out=out_sumsq)
 
 
 def _global_means(sum_dy, sum_dy_xhat, count, reduce):
