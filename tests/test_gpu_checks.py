@@ -150,3 +150,35 @@ def test_a_skipped_gpu_test_is_skipped_in_the_table_and_not_all_ok(tmp_path, mod
     assert "ALL OK" not in proc.stdout.replace("NOT ALL OK", "")
     assert proc.stdout.rstrip().endswith("NOT ALL OK: some steps or tests were skipped")
     assert "gpu_tests: SKIPPED [1] tests/test_distributed_gpu.py:70: needs mpirun" in table
+
+
+def test_quick_limits_cover_a_cold_start():
+    """On a fresh machine CuPy compiles every kernel on first use, 0.25 to 0.7 s each with
+    NVRTC: each quick step's limit covers its kernels (counted on the host stand-in by
+    tests/host/count_cold_kernels.py) at 0.7 s, plus 5 s to start, with 30% to spare."""
+    import re
+
+    from gpucnn import kernels
+
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "host", "count_cold_kernels.py"), "--json"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT, GPUCNN_BACKEND="numpy"))
+    assert proc.returncode == 0, proc.stderr
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counts["check"] >= 20 and counts["lenet_step"] >= 10  # the counter saw the work
+    text = open(SCRIPT).read()
+    quick = text[:text.index('else\n  cases=')]  # the common steps and the quick branch
+    limits = {name: int(cap) for name, cap in re.findall(r"^\s*step (\w+) (\d+) ", quick, re.M)}
+    assert set(limits) == {"env", "nvrtc", "check", "gpu_tests", "bench", "mnist"}
+
+    def needed(n_kernels):
+        return 1.3 * (0.7 * n_kernels + 5)
+
+    assert limits["nvrtc"] >= needed(2 * len(kernels.source_files()))
+    assert limits["check"] >= needed(counts["check"])
+    assert limits["gpu_tests"] >= needed(counts["gpu_tests_at_least"])
+    assert limits["bench"] >= needed(counts["lenet_step"]) and limits["mnist"] >= needed(counts["lenet_step"])
+    budget = int(re.search(r'mode" = quick \]; then budget=\$\{GPU_CHECKS_BUDGET_S:-(\d+)\}', text).group(1))
+    # a cold run: the check and the GPU tests compile, the later steps find CuPy's cache
+    cold = needed(2 * len(kernels.source_files())) + needed(counts["check"]) + needed(counts["gpu_tests_at_least"])
+    assert budget >= cold + 15 + 2 * 20, (budget, cold)
