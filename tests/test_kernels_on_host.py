@@ -1,92 +1,29 @@
-"""kernels/maxpool.cu compiled as C++ and run on the CPU against the NumPy layer and the
-loop reference: the kernel's own NaN and tie rules checked where no GPU is (needs g++)."""
-import os
+"""Every CUDA kernel in kernels/*.cu run on the CPU, where no GPU is (needs g++).
+
+tests/host_cupy.py plays CuPy: its arrays are NumPy arrays, and kernels/*.cu are compiled with
+g++ from the text and options the loader gives NVRTC. Most tests run a layer's or optimiser's
+CuPy path (the kernels AND the Python that launches them) and its NumPy path on the same
+numbers; the max-pooling kernels are also launched directly on a small grid (3 blocks of 4
+threads, so every thread strides several times) against the loop reference and torch's indices.
+"""
 import shutil
-import subprocess
 
 import numpy
 import pytest
 
+import host_cupy
 from gpucnn import kernels
-from gpucnn.layers import MaxPool2d
+from gpucnn.ema import EMA
+from gpucnn.layers import BatchNorm2d, Conv2d, MaxPool2d
+from gpucnn.layers import batchnorm as batchnorm_module
+from gpucnn.layers import im2col as im2col_module
+from gpucnn.optim import make_optimizer
 
 from helpers import close
 from test_maxpool import CASES, reference, with_nans
-
-HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "host", "maxpool_on_host.cpp")
+from test_optim import CONFIGS, FakeParam
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="g++ is not on PATH")
-
-
-@pytest.fixture(scope="module")
-def maxpool_exe(tmp_path_factory):
-    exe = tmp_path_factory.mktemp("host") / "maxpool"
-    proc = subprocess.run(["g++", "-O1", "-std=c++17", "-Dscalar_t=double", f"-I{kernels.kernel_dir()}",
-                           "-x", "c++", HARNESS, "-o", str(exe)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe
-
-
-def run_kernel(exe, x, dy, k, s):
-    kh, kw = (k, k) if isinstance(k, int) else k
-    s = k if s is None else s
-    sh, sw = (s, s) if isinstance(s, int) else s
-    args = [str(v) for v in (*x.shape, kh, kw, sh, sw)]
-    stdin = numpy.ascontiguousarray(x, numpy.float64).tobytes() + numpy.ascontiguousarray(dy, numpy.float64).tobytes()
-    proc = subprocess.run([str(exe), *args], input=stdin, capture_output=True)
-    assert proc.returncode == 0, proc.stderr
-    out = numpy.frombuffer(proc.stdout, numpy.uint8)
-    ny, nx = dy.size, x.size
-    y = out[: 8 * ny].view(numpy.float64).reshape(dy.shape)
-    argmax = out[8 * ny : 12 * ny].view(numpy.int32).reshape(dy.shape)
-    dx = out[12 * ny :].view(numpy.float64).reshape(x.shape)
-    assert dx.size == nx
-    return y, argmax, dx
-
-
-@pytest.mark.parametrize("nans", [False, True], ids=["ties", "nans"])
-@pytest.mark.parametrize("k,s,shape", CASES)
-def test_kernel_follows_the_numpy_layer_and_the_reference(maxpool_exe, k, s, shape, nans, rng):
-    x = with_nans(rng, shape) if nans else rng.integers(0, 3, size=shape).astype(numpy.float64)
-    layer = MaxPool2d(k, s, dtype=numpy.float64)
-    y = layer.forward(x)
-    dy = rng.standard_normal(y.shape)
-    y_k, _, dx_k = run_kernel(maxpool_exe, x, dy, k, s)
-    y_ref, route = reference(x, k, s)
-    numpy.testing.assert_array_equal(y_k, y_ref)
-    numpy.testing.assert_array_equal(y_k, y)
-    close(dx_k, route(dy), rtol=1e-12)
-    close(dx_k, layer.backward(dy), rtol=1e-12)
-
-
-def test_kernel_argmax_is_torchs_index(maxpool_exe, rng):
-    """The flat h*W + w index, as PyTorch's return_indices gives it, NaNs included."""
-    torch = pytest.importorskip("torch")
-    x = with_nans(rng, (2, 3, 9, 11))
-    y_k, argmax, _ = run_kernel(maxpool_exe, x, numpy.zeros((2, 3, 4, 5)), 3, 2)
-    yt, idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, return_indices=True)
-    numpy.testing.assert_array_equal(y_k, yt.numpy())
-    numpy.testing.assert_array_equal(argmax, idx.numpy())
-
-
-# --- every kernel, launched by gpucnn's own CuPy code, on the host stand-in ---------------
-# tests/host_cupy.py: CuPy's role played by NumPy, kernels/*.cu compiled with g++ from the
-# text and options the loader gives NVRTC. Each test runs a layer's or optimiser's CuPy
-# path and its NumPy path on the same numbers.
-
-import host_cupy  # noqa: E402
-
-from gpucnn.ema import EMA  # noqa: E402
-from gpucnn.layers import BatchNorm2d, Conv2d  # noqa: E402
-from gpucnn.layers import batchnorm as batchnorm_module  # noqa: E402
-from gpucnn.layers import im2col as im2col_module  # noqa: E402
-from gpucnn.optim import make_optimizer  # noqa: E402
-
-from test_optim import CONFIGS, FakeParam  # noqa: E402
-
-# Both index widths of every kernel that has two: GPUCNN_INDEX64 sends small arrays down the
-# path that only arrays past 2^32 elements take on a GPU.
-WIDTHS = {"index32": (), "index64": ("-DGPUCNN_INDEX64",)}
 
 
 @pytest.fixture
@@ -94,6 +31,50 @@ def cupy_on_host(monkeypatch):
     fake = host_cupy.install(monkeypatch)
     yield fake
     host_cupy.clear_caches()
+
+
+def run_maxpool_kernels(fake, x, dy, k, s):
+    """maxpool2d_forward, then maxpool2d_backward, on 3 blocks of 4 threads: (y, argmax, dx)."""
+    kh, kw = (k, k) if isinstance(k, int) else k
+    s = k if s is None else s
+    sh, sw = (s, s) if isinstance(s, int) else s
+    (n, c, h, w), (ho, wo) = x.shape, dy.shape[2:]
+    geometry = tuple(numpy.int32(v) for v in (h, w, ho, wo, kh, kw, sh, sw))
+    x, dy = fake.asarray(x), fake.asarray(dy)
+    y, argmax, dx = fake.empty(dy.shape), fake.empty(dy.shape, dtype=numpy.int32), fake.empty(x.shape)
+    kernels.get("maxpool.cu", "maxpool2d_forward", numpy.float64)((3,), (4,), (x, y, argmax, numpy.int64(y.size)) + geometry)
+    kernels.get("maxpool.cu", "maxpool2d_backward", numpy.float64)((3,), (4,), (dy, argmax, dx, numpy.int64(dx.size)) + geometry)
+    return numpy.array(y), numpy.array(argmax), numpy.array(dx)
+
+
+@pytest.mark.parametrize("nans", [False, True], ids=["ties", "nans"])
+@pytest.mark.parametrize("k,s,shape", CASES)
+def test_kernel_follows_the_numpy_layer_and_the_reference(cupy_on_host, k, s, shape, nans, rng):
+    x = with_nans(rng, shape) if nans else rng.integers(0, 3, size=shape).astype(numpy.float64)
+    layer = MaxPool2d(k, s, dtype=numpy.float64)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    y_k, _, dx_k = run_maxpool_kernels(cupy_on_host, x, dy, k, s)
+    y_ref, route = reference(x, k, s)
+    numpy.testing.assert_array_equal(y_k, y_ref)
+    numpy.testing.assert_array_equal(y_k, y)
+    close(dx_k, route(dy), rtol=1e-12)
+    close(dx_k, layer.backward(dy), rtol=1e-12)
+
+
+def test_kernel_argmax_is_torchs_index(cupy_on_host, rng):
+    """The flat h*W + w index, as PyTorch's return_indices gives it, NaNs included."""
+    torch = pytest.importorskip("torch")
+    x = with_nans(rng, (2, 3, 9, 11))
+    y_k, argmax, _ = run_maxpool_kernels(cupy_on_host, x, numpy.zeros((2, 3, 4, 5)), 3, 2)
+    yt, idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, return_indices=True)
+    numpy.testing.assert_array_equal(y_k, yt.numpy())
+    numpy.testing.assert_array_equal(argmax, idx.numpy())
+
+
+# Both index widths of every kernel that has two: GPUCNN_INDEX64 sends small arrays down the
+# path that only arrays past 2^32 elements take on a GPU.
+WIDTHS = {"index32": (), "index64": ("-DGPUCNN_INDEX64",)}
 
 
 @pytest.fixture(params=list(WIDTHS))
