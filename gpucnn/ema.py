@@ -13,9 +13,10 @@ a second time would only make them lag the live net further.
 All arrays are updated in place, so a CUDA graph that captured the step replays the update.
 """
 import contextlib
-import functools
 
-from gpucnn import backend
+import numpy
+
+from gpucnn import backend, kernels
 from gpucnn.sequential import walk
 
 
@@ -36,7 +37,9 @@ class EMA:
         d = self.decay
         for _, live, shadow in self.averaged:
             if backend.is_cupy_array(live):
-                _kernel()(live, d, shadow)
+                live = backend.cupy_module().ascontiguousarray(live)
+                kernels.launch("ema.cu", "ema_update", live.dtype, live.size,
+                               (live, numpy.float64(d), shadow, numpy.int64(live.size)))
             else:
                 shadow *= d
                 shadow += (1.0 - d) * live
@@ -77,10 +80,3 @@ class EMA:
         for key, shadow in own.items():
             shadow[...] = backend.get_array_module(shadow).asarray(backend.to_numpy(state[key]), dtype=shadow.dtype)
 
-
-@functools.lru_cache(maxsize=None)
-def _kernel():
-    import cupy
-
-    return cupy.ElementwiseKernel("T p, float64 decay", "T s", "s = (T)decay * s + (T)(1.0 - decay) * p",
-                                  "gpucnn_ema")

@@ -94,6 +94,21 @@ def _function(filename, name, scalar_t):
         raise KernelError(f"{filename} has no kernel named {name!r}: {e}") from e
 
 
+# Elementwise kernels (a grid-stride loop over `total` elements) run this many threads a block
+# and at most MAX_BLOCKS blocks; each thread loops over the rest (tests lower MAX_BLOCKS to
+# make every thread take several turns).
+THREADS = 256
+MAX_BLOCKS = 1 << 20
+
+
+def launch(filename, name, dtype, total, args):
+    """Run the grid-stride kernel `name` of kernels/`filename` over `total` elements (none: no launch)."""
+    if total == 0:
+        return
+    blocks = min((total + THREADS - 1) // THREADS, MAX_BLOCKS)
+    get(filename, name, dtype)((blocks,), (THREADS,), args)
+
+
 def nvcc_check(path, scalar_t="float", arch="sm_90"):
     """Compile one .cu with nvcc to a cubin (no GPU needed); return (ok, log). None if no nvcc."""
     nvcc = shutil.which("nvcc")

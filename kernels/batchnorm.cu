@@ -1,5 +1,5 @@
 // Per-channel reductions of BatchNorm2d over NCHW arrays (see gpucnn/layers/batchnorm.py);
-// the elementwise parts (normalise, dx) are cupy.ElementwiseKernels in that file.
+// the elementwise parts (normalise, dx) are in batchnorm_elementwise.cu.
 // Compiled once per dtype with -Dscalar_t=float|double; the default lets plain nvcc check it.
 #ifndef scalar_t
 #define scalar_t float
@@ -46,6 +46,9 @@ __device__ index_t channel_offset(index_t k, index_t c, index_t C, index_t HW)
 // Depends only on kernel arguments, so every thread takes the same branch.
 __device__ inline bool index32_ok(long long N, long long C, long long HW, long long S)
 {
+#ifdef GPUCNN_INDEX64  // tests only: run the 64-bit paths on small arrays (tests/host_cupy.py)
+    return false;
+#endif
     return N * C * HW + S * BN_THREADS <= 0xffffffffLL;
 }
 
@@ -125,44 +128,68 @@ extern "C" __global__ void bn_finish(
     }
 }
 
-// Backward's two sums per channel, partial: sum(dy) and sum(dy * (x - mean)), each
-// written to its own (C, S) array. Used in both modes: training passes the batch mean,
-// eval the running one.
-template <typename index_t>
-__device__ void backward_partial(
-    const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ mean,
-    acc_t* __restrict__ partial_dy, acc_t* __restrict__ partial_dy_xmu,
-    index_t N, index_t C, index_t HW, acc_t* buf)
+// Two sums per channel at once, partial (grid (S, C) as above): block (s, c) adds up
+// (a, b) = f(offset) over its share of channel c's values and writes them to
+// partial_a[c*S + s] and partial_b[c*S + s] (double). One pass over the data.
+struct TwoSums { acc_t a, b; };
+
+template <typename index_t, typename F>
+__device__ void channel_partial2(
+    acc_t* __restrict__ partial_a, acc_t* __restrict__ partial_b, index_t N, index_t C, index_t HW,
+    F f, acc_t* buf)
 {
     const index_t s = blockIdx.x, S = gridDim.x, c = blockIdx.y;
     const index_t M = N * HW;
-    const acc_t mu = (acc_t)mean[c];
-    acc_t g_sum = 0, gx_sum = 0;
+    acc_t a = 0, b = 0;
     for (index_t k = s * BN_THREADS + threadIdx.x; k < M; k += S * BN_THREADS) {
-        const index_t at = channel_offset(k, c, C, HW);
-        const acc_t g = (acc_t)dy[at];
-        g_sum += g;
-        gx_sum += g * ((acc_t)x[at] - mu);
+        const TwoSums v = f(channel_offset(k, c, C, HW));
+        a += v.a;
+        b += v.b;
     }
-    g_sum = block_sum(g_sum, buf);
-    gx_sum = block_sum(gx_sum, buf);  // block_sum ends with a barrier, so buf can be reused here
+    a = block_sum(a, buf);
+    b = block_sum(b, buf);  // block_sum ends with a barrier, so buf can be reused here
     if (threadIdx.x == 0) {
-        partial_dy[c * S + s] = g_sum;
-        partial_dy_xmu[c * S + s] = gx_sum;
+        partial_a[c * S + s] = a;
+        partial_b[c * S + s] = b;
     }
 }
 
+// Picks the index width for channel_partial2 (see index32_ok).
+template <typename F>
+__device__ void channel_partial2_any_size(
+    acc_t* __restrict__ partial_a, acc_t* __restrict__ partial_b, long long N, long long C, long long HW, F f)
+{
+    __shared__ acc_t buf[BN_THREADS];
+    if (index32_ok(N, C, HW, gridDim.x))
+        channel_partial2<unsigned>(partial_a, partial_b, (unsigned)N, (unsigned)C, (unsigned)HW, f, buf);
+    else
+        channel_partial2<unsigned long long>(partial_a, partial_b, N, C, HW, f, buf);
+}
+
+// The data-parallel (--sync-bn) forward's sums, partial: sum(x) and sum(x^2), which add up
+// over ranks. A float's square is exact in double, so only the double additions round.
+extern "C" __global__ void bn_partial_sum_sumsq(
+    const scalar_t* __restrict__ x, acc_t* __restrict__ partial_sum, acc_t* __restrict__ partial_sumsq,
+    long long N, long long C, long long HW)
+{
+    channel_partial2_any_size(partial_sum, partial_sumsq, N, C, HW, [=](auto at) {
+        const acc_t v = (acc_t)x[at];
+        return TwoSums{v, v * v};
+    });
+}
+
+// Backward's two sums per channel, partial: sum(dy) and sum(dy * (x - mean)). Used in both
+// modes: training passes the batch mean, eval the running one.
 extern "C" __global__ void bn_backward_partial(
     const scalar_t* __restrict__ dy, const scalar_t* __restrict__ x, const scalar_t* __restrict__ mean,
     acc_t* __restrict__ partial_dy, acc_t* __restrict__ partial_dy_xmu,
     long long N, long long C, long long HW)
 {
-    __shared__ acc_t buf[BN_THREADS];
-    if (index32_ok(N, C, HW, gridDim.x))
-        backward_partial<unsigned>(dy, x, mean, partial_dy, partial_dy_xmu,
-                                   (unsigned)N, (unsigned)C, (unsigned)HW, buf);
-    else
-        backward_partial<unsigned long long>(dy, x, mean, partial_dy, partial_dy_xmu, N, C, HW, buf);
+    const acc_t mu = (acc_t)mean[blockIdx.y];
+    channel_partial2_any_size(partial_dy, partial_dy_xmu, N, C, HW, [=](auto at) {
+        const acc_t g = (acc_t)dy[at];
+        return TwoSums{g, g * ((acc_t)x[at] - mu)};
+    });
 }
 
 // Block c: sum_dy[c] (= dbeta) and sum_dy_xhat[c] = invstd[c] * sum(dy * (x - mean)) (= dgamma).

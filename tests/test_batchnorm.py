@@ -66,6 +66,22 @@ def test_variance_has_no_cancellation_in_float32(rng):
     numpy.testing.assert_allclose(y, ref, atol=1e-3)
 
 
+@pytest.mark.parametrize("offset", [0.0, 3000.0])
+def test_synchronised_statistics_keep_float32_precision_far_from_zero(offset, rng):
+    """--sync-bn's statistics come from sum(x) and sum(x^2) (one collective), whose
+    difference cancels about (mean / std)^2 of the digits. In float64 with exact squares
+    that leaves var right to float32's rounding at |mean| / std = 3000 (a float32 square
+    summed in float64 was off by about 1e-3 there), against a float64 two-pass reference."""
+    from gpucnn.layers.batchnorm import _global_stats
+
+    x = (offset * numpy.array([1.0, -1.0, 0.5])[:, None, None] + rng.standard_normal((8, 3, 12, 12))).astype(F32)
+    ref = x.astype(F64)
+    mean, var, m = _global_stats(x, reduce=lambda sums: None)  # one rank: the sum over ranks is itself
+    assert mean.dtype == var.dtype == F32 and m == 8 * 12 * 12
+    numpy.testing.assert_allclose(mean, ref.mean(axis=(0, 2, 3)), rtol=1.2e-7)
+    numpy.testing.assert_allclose(var, ref.var(axis=(0, 2, 3)), rtol=2.4e-7)
+
+
 def test_running_stats_and_counter(rng):
     bn = BatchNorm2d(2, momentum=0.25, dtype=F64)
     x = rng.standard_normal((3, 2, 2, 2)) + 4.0

@@ -10,7 +10,22 @@ SOURCES = kernels.source_files()
 
 def test_kernel_sources_exist():
     names = {p.name for p in SOURCES}
-    assert {"im2col.cu", "maxpool.cu", "batchnorm.cu"} <= names
+    assert {"im2col.cu", "maxpool.cu", "batchnorm.cu", "batchnorm_elementwise.cu", "sgd.cu", "adam.cu",
+            "ema.cu"} <= names
+
+
+def test_no_cuda_source_is_written_inline_in_python():
+    """Every kernel is a kernels/*.cu, so the tests here compile it and tests/test_kernels_on_host.py
+    runs it; CuPy's inline kernel classes would escape both."""
+    import pathlib
+    import re
+
+    package = pathlib.Path(kernels.__file__).resolve().parent
+    inline = re.compile(r"\b(ElementwiseKernel|ReductionKernel|RawKernel|RawModule|fuse)\(")
+    found = [f"{path.relative_to(package.parent)}:{n}" for path in sorted(package.rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if inline.search(line) and path.name != "kernels.py"]
+    assert not found, found
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")

@@ -18,8 +18,6 @@ from numpy.lib.stride_tricks import as_strided
 
 from gpucnn import backend, kernels
 
-_THREADS = 256
-
 
 def out_size(size, k, s, p):
     """Output length of a window k, stride s, padding p over `size` inputs (may be < 1)."""
@@ -103,10 +101,7 @@ def _col2im_numpy(cols, x_shape, kh, kw, sh, sw, ph, pw):
 
 
 def _launch(name, dtype, total, args):
-    if total == 0:
-        return
-    blocks = min((total + _THREADS - 1) // _THREADS, 1 << 20)  # the kernels loop over the rest
-    kernels.get("im2col.cu", name, dtype)((blocks,), (_THREADS,), args)
+    kernels.launch("im2col.cu", name, dtype, total, args)
 
 
 def _geometry(n, c, h, w, ho, wo, kh, kw, sh, sw, ph, pw):

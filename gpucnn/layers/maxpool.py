@@ -18,8 +18,6 @@ from gpucnn import backend, kernels
 from gpucnn.layers.base import Layer
 from gpucnn.layers.im2col import out_size
 
-_THREADS = 256
-
 
 class MaxPool2d(Layer):
     def __init__(self, kernel_size, stride=None, dtype=None):
@@ -142,10 +140,7 @@ def _backward_numpy(dy, argmax, x_shape, k, s):
 
 
 def _launch(name, dtype, total, args):
-    if total == 0:
-        return
-    blocks = min((total + _THREADS - 1) // _THREADS, 1 << 20)  # the kernels loop over the rest
-    kernels.get("maxpool.cu", name, dtype)((blocks,), (_THREADS,), args)
+    kernels.launch("maxpool.cu", name, dtype, total, args)
 
 
 def _geometry(h, w, ho, wo, k, s):

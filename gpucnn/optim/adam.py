@@ -1,6 +1,7 @@
 """Adam (L2 weight decay added to the gradient) and AdamW (decoupled weight decay)."""
-import functools
+import numpy
 
+from gpucnn import kernels
 from gpucnn.optim.base import Optimizer, _check_nonnegative, cast
 
 
@@ -55,7 +56,9 @@ class Adam(Optimizer):
     def _fused_update(self, p, g, state):
         (beta1, beta2), eps, wd = self.hyper["betas"], self.hyper["eps"], self.hyper["weight_decay"]
         l2, decoupled = (0.0, wd) if self.decoupled else (wd, 0.0)
-        _kernel()(g, self._lr, self._step, beta1, beta2, eps, l2, decoupled, p, state["exp_avg"], state["exp_avg_sq"])
+        hyper = tuple(numpy.float64(v) for v in (beta1, beta2, eps, l2, decoupled))
+        kernels.launch("adam.cu", "adam_step", p.dtype, p.size,
+                       (g, self._lr, self._step, *hyper, p, state["exp_avg"], state["exp_avg_sq"], numpy.int64(p.size)))
 
 
 class AdamW(Adam):
@@ -67,26 +70,3 @@ class AdamW(Adam):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, fused=None):
         super().__init__(params, lr, betas, eps, weight_decay, fused)
 
-
-@functools.lru_cache(maxsize=None)
-def _kernel():
-    """The CuPy kernel for `_update` (both variants): one launch per tensor, no temporaries.
-    The bias corrections are recomputed per element from the device step counter; that
-    costs two pow() per element and saves any scalar kernels or buffers."""
-    import cupy
-
-    return cupy.ElementwiseKernel(
-        "T g, float64 lr, int64 step, float64 beta1, float64 beta2, float64 eps, float64 l2, float64 decoupled",
-        "T p, T m, T v",
-        """
-        const double t = (double)step;
-        const double step_size = lr / (1.0 - pow(beta1, t));
-        const double bc2_sqrt = sqrt(1.0 - pow(beta2, t));
-        T d = g + (T)l2 * p;
-        p *= (T)(1.0 - lr * decoupled);
-        m += (T)(1.0 - beta1) * (d - m);
-        v = (T)beta2 * v + (T)(1.0 - beta2) * d * d;
-        p -= (T)step_size * (m / (sqrt(v) / (T)bc2_sqrt + (T)eps));
-        """,
-        "gpucnn_adam",
-    )

@@ -44,6 +44,11 @@ class Optimizer:
         if fused and xp is numpy:
             raise ValueError(f"{type(self).__name__}: fused=True needs CuPy arrays")
         self.fused = bool(fused)
+        if self.fused:  # the kernels (kernels/*.cu) index p and its state as flat C-order arrays
+            for p in self.params:
+                if not p.value.flags.c_contiguous:
+                    raise ValueError(f"{type(self).__name__}: fused=True needs C-contiguous parameters; "
+                                     f"{p.key} is not")
 
     def __repr__(self):
         hyper = ", ".join(f"{k}={v}" for k, v in self.hyper.items())
@@ -92,7 +97,9 @@ class Optimizer:
                 raise ValueError(f"{type(self).__name__}: {p.key} has shape {tuple(value.shape)} "
                                  f"but its grad has shape {tuple(grad.shape)}")
             if self.fused:
-                self._fused_update(value, grad, self.state[p.key])
+                if grad.dtype != value.dtype:  # the kernel reads both as one C type
+                    raise ValueError(f"{type(self).__name__}: {p.key} is {value.dtype} but its grad is {grad.dtype}")
+                self._fused_update(value, self.xp.ascontiguousarray(grad), self.state[p.key])
             else:
                 self._update(value, grad, self.state[p.key], scalars)
 

@@ -1,6 +1,7 @@
 """Stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay."""
-import functools
+import numpy
 
+from gpucnn import kernels
 from gpucnn.optim.base import Optimizer, _check_nonnegative, cast
 
 
@@ -38,31 +39,12 @@ class SGD(Optimizer):
         p -= cast(scalars["lr"], p) * g
 
     def _fused_update(self, p, g, state):
-        h = self.hyper
+        h, n = self.hyper, numpy.int64(p.size)
+        wd = numpy.float64(h["weight_decay"])
         if h["momentum"]:
-            _kernels()[1](g, self._lr, h["momentum"], h["weight_decay"], float(h["nesterov"]), p, state["momentum_buffer"])
+            kernels.launch("sgd.cu", "sgd_momentum_step", p.dtype, p.size,
+                           (g, self._lr, numpy.float64(h["momentum"]), wd, numpy.int32(h["nesterov"]), p,
+                            state["momentum_buffer"], n))
         else:
-            _kernels()[0](g, self._lr, h["weight_decay"], p)
+            kernels.launch("sgd.cu", "sgd_step", p.dtype, p.size, (g, self._lr, wd, p, n))
 
-
-@functools.lru_cache(maxsize=None)
-def _kernels():
-    """The CuPy kernels for `_update`: same formula, one launch per tensor, no temporaries."""
-    import cupy
-
-    plain = cupy.ElementwiseKernel(
-        "T g, float64 lr, float64 weight_decay", "T p",
-        "p -= (T)lr * (g + (T)weight_decay * p);",
-        "gpucnn_sgd",
-    )
-    momentum = cupy.ElementwiseKernel(
-        "T g, float64 lr, float64 momentum, float64 weight_decay, float64 nesterov", "T p, T buf",
-        """
-        T d = g + (T)weight_decay * p;
-        buf = (T)momentum * buf + d;
-        d = nesterov != 0 ? d + (T)momentum * buf : buf;
-        p -= (T)lr * d;
-        """,
-        "gpucnn_sgd_momentum",
-    )
-    return plain, momentum
