@@ -83,17 +83,27 @@ def printable(path):
     return path if path.isprintable() else repr(path)
 
 
-def header(path, warn=None):
+def header(path, warn=None, decode=False):
     """(height, width, mode) of the image as it will be seen (EXIF rotation applied), from its
-    header alone; UnreadableImage if Pillow cannot open it."""
+    header alone, or with decode, after decoding it all (a JPEG at 1/8 scale) to find truncated
+    or corrupt data; UnreadableImage if Pillow cannot."""
     Image = pillow()
     with _caught(warn):
         try:
             with Image.open(path) as im:
-                w, h = im.size
+                (w, h), mode = im.size, im.mode
                 if _orientation(im) in _ROTATED:
                     w, h = h, w
-                return h, w, im.mode
+                if decode:
+                    if im.format == "JPEG":
+                        im.draft(None, (1, 1))
+                    if w * h > MAX_PIXELS and im.size[0] * im.size[1] > MAX_PIXELS:
+                        raise UnreadableImage(f"is {w}x{h} pixels; gpucnn decodes at most {MAX_PIXELS:,} pixels "
+                                              f"(Pillow's limit)")
+                    im.load()
+                return h, w, mode
+        except UnreadableImage:
+            raise
         except Exception as e:  # whatever a broken file makes a decoder raise
             raise UnreadableImage(_why(e)) from None
 
