@@ -176,7 +176,7 @@ def _decode_chunk(task):
     failed = []
     for i, p in enumerate(paths):
         try:
-            block[i] = image.to_uint8(image.read_image(p, shape, fit))
+            block[i] = image.read_bytes(p, shape, fit)
         except image.UnreadableImage as e:
             failed.append((i, str(e)))
     return block, failed

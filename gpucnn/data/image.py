@@ -1,9 +1,9 @@
 """One image file -> the array a net sees: the single home of that code, used by both
 `gpucnn predict` and folder datasets (so a net sees at predict time what it saw in training).
 
-  decode    Pillow opens it; only its header is read until the size is known. A JPEG much
-            larger than needed is decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft, the DCT
-            does the shrinking); anything still over MAX_PIXELS after that is refused, so a
+  decode    Pillow opens it; only its header is read until the size is known. A JPEG at
+            least twice the target size is decoded at 1/2, 1/4 or 1/8 scale, never below the
+            target (Pillow's draft: the inverse DCT does the shrinking, several times faster); anything still over MAX_PIXELS after that is refused, so a
             13000x13000 picture costs no gigabytes. EXIF orientation is applied.
   shrink    an image more than twice the target size is box-reduced by an integer factor
             first, so every later step (mode conversion, compositing) works on a small copy
@@ -44,7 +44,7 @@ class UnreadableImage(ValueError):
 def pillow():
     """PIL.Image, or a GpucnnError naming the extra that installs it."""
     try:
-        from PIL import Image
+        from PIL import Image, ImageOps  # noqa: F401 (loaded for _decode and _fit)
     except ImportError:
         raise GpucnnError("gpucnn reads images with Pillow, which is not installed: "
                           "pip install 'gpucnn[image]'") from None
@@ -113,6 +113,21 @@ def read_image(path, shape, fit="stretch", background=0, warn=None):
 
     background: 0 (black) or 255 (white), shown through transparent pixels and pad borders.
     warn: called with one line for each warning Pillow raises while reading (default: dropped)."""
+    x, scale = _read(path, shape, fit, background, warn)
+    return _channels(numpy.clip(x.astype(numpy.float32) * numpy.float32(scale), 0.0, 1.0), shape[0])
+
+
+def read_bytes(path, shape, fit="stretch", background=0, warn=None):
+    """uint8 (C, H, W): what a folder dataset stores, read_image's values times 255, rounded
+    (8-bit sources exactly, without going through floats)."""
+    x, scale = _read(path, shape, fit, background, warn)
+    if x.dtype != numpy.uint8:
+        x = numpy.rint(numpy.clip(x.astype(numpy.float32) * numpy.float32(scale), 0.0, 1.0) * numpy.float32(255))
+    return _channels(x.astype(numpy.uint8, copy=False), shape[0])
+
+
+def _read(path, shape, fit, background, warn):
+    """(H, W) or (H, W, 3) array of the fitted image, and the factor that takes it to 0..1."""
     if fit not in FITS:
         raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
     channels, h, w = shape
@@ -127,16 +142,12 @@ def read_image(path, shape, fit="stretch", background=0, warn=None):
             if isinstance(e, UnreadableImage):
                 raise
             raise UnreadableImage(f"an image of mode {im.mode} that cannot be converted ({_one_line(e)})") from None
-    x = numpy.clip(numpy.asarray(im, dtype=numpy.float32) * numpy.float32(scale), 0.0, 1.0)
+    return numpy.asarray(im), scale
+
+
+def _channels(x, channels):
     x = x[None] if x.ndim == 2 else x.transpose(2, 0, 1)
-    if x.shape[0] != channels:  # a 16-bit or float grey image for an RGB net
-        x = numpy.repeat(x, channels, axis=0)
-    return x
-
-
-def to_uint8(x):
-    """read_image's 0..1 floats as the 0..255 bytes a folder dataset stores (8-bit sources exactly)."""
-    return numpy.rint(x * numpy.float32(255)).astype(numpy.uint8)
+    return numpy.repeat(x, channels, axis=0) if x.shape[0] != channels else x  # grey 16-bit/float for RGB
 
 
 def _decode(path, channels, size):
@@ -155,7 +166,7 @@ def _decode(path, channels, size):
         if im.format == "JPEG" and im.mode in ("L", "RGB", "YCbCr"):
             w, h = size
             need = (w, h) if _orientation(im) not in _ROTATED else (h, w)
-            im.draft("L" if channels == 1 else "RGB", (2 * need[0], 2 * need[1]))  # at least twice the target
+            im.draft("L" if channels == 1 else "RGB", need)  # DCT-scaled to 1/2..1/8, never below the target
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise UnreadableImage(f"is {im.size[0]}x{im.size[1]} pixels; gpucnn decodes at most "
                                   f"{MAX_PIXELS:,} pixels (Pillow's limit), JPEGs at up to 1/8 scale")
