@@ -89,6 +89,8 @@ def load(scan, shape, fit, *, cache_dir, workers, use_cache=True, progress=True)
                 f.flush()
                 os.fsync(f.fileno())
             del arrays
+            if os.path.isdir(final) and _manifest(final) is None:  # a damaged cache: replaced
+                _discard(final)
             try:
                 os.rename(tmp, final)
             except OSError:  # another process finished the same cache first: it is identical
@@ -200,3 +202,13 @@ def _remove_orphans(home):
                 shutil.rmtree(os.path.join(home, name), ignore_errors=True)
             except (ValueError, PermissionError, OSError):
                 continue
+
+
+def _discard(path):
+    """Remove a folder by first renaming it aside, so no reader ever sees it half removed."""
+    aside = os.path.join(os.path.dirname(path), f".tmp-discard-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
