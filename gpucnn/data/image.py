@@ -156,20 +156,18 @@ def _decode(path, channels, size):
 
     try:
         im = Image.open(path)
-    except Image.DecompressionBombError:
-        im = None
+    except Image.DecompressionBombError:  # refused before the size reaches us: read it without the check
+        _too_large(path)
     except Exception as e:
         raise UnreadableImage(_why(e)) from None
     try:
-        if im is None:  # Pillow refuses before reading the size back to us: read it without the check
-            return _too_large(path)
         if im.format == "JPEG" and im.mode in ("L", "RGB", "YCbCr"):
             w, h = size
             need = (w, h) if _orientation(im) not in _ROTATED else (h, w)
             im.draft("L" if channels == 1 else "RGB", need)  # DCT-scaled to 1/2..1/8, never below the target
         if im.size[0] * im.size[1] > MAX_PIXELS:
             raise UnreadableImage(f"is {im.size[0]}x{im.size[1]} pixels; gpucnn decodes at most "
-                                  f"{MAX_PIXELS:,} pixels (Pillow's limit), JPEGs at up to 1/8 scale")
+                                  f"{MAX_PIXELS:,} pixels (Pillow's limit; a JPEG counts at up to 1/8 scale)")
         im.load()
         ImageOps.exif_transpose(im, in_place=True)  # the rotation phone photos keep in EXIF
         return im
