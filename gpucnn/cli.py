@@ -185,10 +185,11 @@ def _predict_parser(sub):
     p.add_argument("--top-k", type=int, default=3, help="how many classes to list per image (default: 3)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a line of text")
     p.add_argument("--invert", action="store_true", help="invert the pixels (v -> 1 - v): black-on-white images for a white-on-black net")
-    p.add_argument("--fit", choices=["stretch", "crop", "pad"], default="stretch",
+    p.add_argument("--fit", choices=["stretch", "crop", "pad"],
                    help="how an image is brought to the net's size: stretch (resize the whole image), crop (centre crop "
                         "to the net's aspect ratio, then resize) or pad (fit inside, borders of background colour) "
-                        "(default: stretch; bilinear resampling, antialiased)")
+                        "(default: the --fit the net was trained with on a folder of images, else stretch; bilinear "
+                        "resampling, antialiased)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _backend_flags(p)

@@ -59,12 +59,14 @@ def predict_arrays(trained, x, batch_size=256):
     return numpy.concatenate(out) if out else numpy.zeros((0, len(trained.classes)))
 
 
-def predict_files(trained, paths, *, top_k=3, invert=False, fit="stretch", batch_size=256, progress=True, warn=None):
+def predict_files(trained, paths, *, top_k=3, invert=False, fit=None, batch_size=256, progress=True, warn=None):
     """Yield, in input order, a result dict per image or (path, error message) per failure.
 
     A result: {"path", "class", "index", "probability", "top_k": [{"class", "index",
     "probability"}, ...]}. Files are read and run `batch_size` at a time. warn(path, line)
-    hears each warning Pillow raised while reading a file (default: dropped)."""
+    hears each warning Pillow raised while reading a file (default: dropped). fit None: as the
+    net's training images were (trained.fit)."""
+    fit = fit or trained.fit
     entries = image_paths(paths)
     k = max(1, min(top_k, len(trained.classes)))
     bar = tqdm(total=len(entries), unit="image", desc="predict", leave=False, dynamic_ncols=True,

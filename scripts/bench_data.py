@@ -46,6 +46,7 @@ def parse(argv=None):
                    "and report the best of each: on a shared machine the load moves during a run (default: 1)")
     p.add_argument("--keep", metavar="DIR", help="make the folder in DIR and keep it (default: a temporary one)")
     p.add_argument("--json", metavar="FILE", help="write the figures as JSON")
+    p.add_argument("--make-only", action="store_true", help="only make the folder (with --keep DIR: DIR/images) and stop")
     return p.parse_args(argv)
 
 
@@ -156,6 +157,8 @@ def main(argv=None):
             make_folder(args.root, args)
             print(f"made {args.images + args.test_images:,} JPEGs ({args.side}x{args.side} RGB) in {args.root} "
                   f"in {time.perf_counter() - t:.1f}s")
+        if args.make_only:
+            return 0
         total = args.images + args.test_images
         runs, tv = [], {}
         for _ in range(args.repeats):
