@@ -187,7 +187,7 @@ def summary(scan):
         lines.append(f"modes: {_histogram(Counter(m for *_, m in heads), str)}")
     lines.append(f"bad files: {len(scan.bad)}")
     lines += [f"  {image.printable(p)}: {why}" for p, why in scan.bad]
-    ignored = ", ".join(f"{n:,} {why}" for why, n in sorted(scan.ignored.items()))
+    ignored = ", ".join(f"{n:,} {why}" for why, n in sorted(scan.ignored.items()) if n)
     lines.append(f"ignored: {ignored or 'none'}")
     return lines
 
