@@ -264,7 +264,10 @@ def _config(args):
 
 
 def _is_path(dataset):
-    return isinstance(dataset, str) and (dataset.lower().endswith(".npz") or os.sep in dataset or os.path.isdir(dataset))
+    from gpucnn.data import NAMES
+
+    return isinstance(dataset, str) and (dataset.lower().endswith(".npz") or os.sep in dataset
+                                         or (dataset.lower() not in NAMES and os.path.isdir(dataset)))
 
 
 def _same_or_moved(saved, given):

@@ -230,3 +230,11 @@ def test_resume_keeps_the_folder_settings(trained, tmp_path, monkeypatch):
     assert cli.main(["train", "--resume", str(ckpt), "--image-size", "28", "--no-progress"]) == 2
     saved = json.loads(json.dumps(__import__("gpucnn.checkpoint", fromlist=["x"]).load_checkpoint(str(ckpt))["meta"]))
     assert saved["epoch"] == 2 and saved["config"]["fit"] == "crop"
+
+
+def test_a_folder_named_like_a_builtin_needs_a_path(tmp_path, digits, monkeypatch):
+    _two_classes(tmp_path / "digits", digits)
+    monkeypatch.chdir(tmp_path)
+    assert load("digits").name == "digits" and load("digits").x_train.shape[1:] == (1, 8, 8)  # the built-in
+    ds = load(os.path.join(".", "digits"), folder_options={"workers": 1, "progress": False, "no_cache": True})
+    assert ds.x_train.shape == (8, 1, 28, 28)

@@ -63,7 +63,7 @@ def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folde
     """
     key = str(name).strip()
     options = {k: v for k, v in (folder_options or {}).items() if v is not None}
-    if os.path.isdir(key):
+    if key.lower() not in NAMES and os.path.isdir(key):  # a folder named like a built-in: ./mnist
         return load_folder(key, cache_dir=cache_dir, **options)
     if {"image_size", "channels"} & set(options):
         raise DatasetError(f"--image-size and --channels are for folders of images; {name} is not a folder")
