@@ -137,3 +137,22 @@ def test_read_bytes_is_read_image_in_bytes(tmp_path):
             f = read_image(tmp_path / name, shape, fit)
             assert b.dtype == numpy.uint8 and b.shape == f.shape == shape
             numpy.testing.assert_array_equal(b, numpy.rint(f * 255).astype(numpy.uint8))
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg"])
+def test_exif_orientation_is_applied_to_the_size_and_the_pixels(tmp_path, ext):
+    from PIL import ImageOps
+
+    x = numpy.zeros((10, 40), numpy.uint8)
+    x[:, :10] = 255  # a bright left end of a wide strip
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90 degrees clockwise: a tall strip, bright at the top
+    Image.fromarray(x).save(tmp_path / f"r.{ext}", exif=exif)
+    assert image.header(tmp_path / f"r.{ext}")[:2] == (40, 10)
+    with Image.open(tmp_path / f"r.{ext}") as im:
+        shown = numpy.asarray(ImageOps.exif_transpose(im), numpy.float32) / 255
+    got = read_image(tmp_path / f"r.{ext}", (1, 40, 10))[0]
+    assert shown.shape == got.shape == (40, 10) and got[:10].mean() > 0.9 and got[12:].mean() < 0.1
+    numpy.testing.assert_allclose(got, shown, atol=1e-6)
+    small = read_image(tmp_path / f"r.{ext}", (1, 8, 2))[0]  # drafted and reduced: still upright
+    assert small[:2].mean() > 0.7 and small[3:].mean() < 0.2
