@@ -238,3 +238,26 @@ def test_a_folder_named_like_a_builtin_needs_a_path(tmp_path, digits, monkeypatc
     assert load("digits").name == "digits" and load("digits").x_train.shape[1:] == (1, 8, 8)  # the built-in
     ds = load(os.path.join(".", "digits"), folder_options={"workers": 1, "progress": False, "no_cache": True})
     assert ds.x_train.shape == (8, 1, 28, 28)
+
+
+def test_every_lossless_format_gives_the_same_digits(tmp_path, digits):
+    x, y, _, _ = digits
+    formats = [("png", {}), ("bmp", {}), ("tif", {}), ("gif", {}), ("webp", {"lossless": True})]
+    root = tmp_path / "d"
+    for label in (0, 1):
+        (root / str(label)).mkdir(parents=True)
+    expected = {}
+    for i, (ext, kw) in enumerate(formats * 2):
+        label, im = i % 2, x[i]
+        path = root / str(label) / f"{i:02d}.{ext}"
+        if ext == "gif" and i >= len(formats):  # an animation: its first frame is the image
+            Image.fromarray(im).save(path, save_all=True, append_images=[Image.new("L", (28, 28), 255)])
+        else:
+            Image.fromarray(im).save(path, **kw)
+        expected[str(path)] = (im, label)
+    with pytest.raises(DatasetError, match=r"both grey and colour \(modes L \(6\), RGB \(2\), P \(2\)\)"):  # WebP: no grey; GIF: a palette
+        _load(root, tmp_path)
+    ds = _load(root, tmp_path, channels=1)
+    ex, ey, _ = expected_arrays(expected)
+    numpy.testing.assert_array_equal(ds.x_train, ex)
+    numpy.testing.assert_array_equal(ds.y_train, ey)
