@@ -103,7 +103,7 @@ def load_folder(path, *, image_size=None, channels=None, fit="stretch", strict_i
         raise DatasetError(f"--channels must be 1 or 3, got {channels}")
     if size is None or channels is None:
         with cache.worker_map(workers) as pool_map:
-            folder.read_headers(scan, pool_map)
+            folder.read_headers(scan, pool_map, progress=progress)
     if strict_images:
         folder.check_strict(scan)
     shape = folder.resolve_shape(scan, size, channels)

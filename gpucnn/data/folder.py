@@ -107,11 +107,17 @@ def _images(directory, suffixes, ignored, bad):
     return found
 
 
-def read_headers(scan, pool_map, decode=False):
+def read_headers(scan, pool_map, decode=False, progress=True):
     """Fill scan.headers; files whose header does not open (with decode: whose data does not
     decode) move to scan.bad."""
+    import sys
+
+    from tqdm import tqdm
+
     paths = [p for files in scan.files.values() for p, *_ in files]
-    for path, got in zip(paths, pool_map(_decoded if decode else _header, paths)):
+    results = pool_map(_decoded if decode else _header, paths)
+    for path, got in zip(paths, tqdm(results, total=len(paths), unit="image", desc="check" if decode else "headers",
+                                     disable=not progress, leave=False, dynamic_ncols=True, file=sys.stderr)):
         if isinstance(got, str):
             scan.bad.append((path, got))
         else:
