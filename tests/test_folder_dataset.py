@@ -77,7 +77,7 @@ def test_bad_hidden_and_other_files(tmp_path, digits, capsys):
     assert len(ds.y_train) == len(y)  # the two bad files are skipped, the hidden one ignored
     err = capsys.readouterr().err
     assert "broken.png: not a readable image" in err and "cut.png: not a readable image" in err
-    assert "2 bad file(s) skipped" in err
+    assert "2 bad file(s) skipped" in err and "ignored 1 hidden, 1 not an image suffix, 1 outside a class folder" in err
     with pytest.raises(DatasetError, match=r"2 bad file\(s\) and --strict-images: .*broken.png"):
         _load(tmp_path / "d", tmp_path, strict_images=True, image_size="28", channels=1)
     assert cli.main(["data", str(tmp_path / "d"), "--workers", "1"]) == 0
