@@ -115,10 +115,9 @@ def load_folder(path, *, image_size=None, channels=None, fit="stretch", strict_i
         print(f"gpucnn: {folder.image.printable(p)}: {why}; skipped", file=sys.stderr)
     if scan.bad:
         print(f"gpucnn: {len(scan.bad)} bad file(s) skipped", file=sys.stderr)
-    ignored = {why: n for why, n in sorted(scan.ignored.items()) if n}
-    if ignored:
-        print(f"gpucnn: {scan.root}: ignored {', '.join(f'{n:,} {why}' for why, n in ignored.items())} "
-              f"(gpucnn data PATH summarises the folder)", file=sys.stderr)
+    if folder.ignored_text(scan):
+        print(f"gpucnn: {scan.root}: ignored {folder.ignored_text(scan)} (gpucnn data PATH summarises the folder)",
+              file=sys.stderr)
     x_test, y_test = arrays.get("test", (numpy.zeros((0, *shape), numpy.uint8), numpy.zeros(0, numpy.int64)))
     pixels = {"image_size": f"{shape[1]}x{shape[2]}", "channels": shape[0], "fit": fit}
     return Dataset(os.path.basename(scan.root), *arrays["train"], x_test, y_test, list(scan.classes),

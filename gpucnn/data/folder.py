@@ -193,9 +193,13 @@ def summary(scan):
         lines.append(f"modes: {_histogram(Counter(m for *_, m in heads), str)}")
     lines.append(f"bad files: {len(scan.bad)}")
     lines += [f"  {image.printable(p)}: {why}" for p, why in scan.bad]
-    ignored = ", ".join(f"{n:,} {why}" for why, n in sorted(scan.ignored.items()) if n)
-    lines.append(f"ignored: {ignored or 'none'}")
+    lines.append(f"ignored: {ignored_text(scan) or 'none'}")
     return lines
+
+
+def ignored_text(scan):
+    """"1 hidden, 2 not an image suffix" (or empty): the files left out, by why."""
+    return ", ".join(f"{n:,} {why}" for why, n in sorted(scan.ignored.items()) if n)
 
 
 def _histogram(counter, label):
