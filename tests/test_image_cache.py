@@ -170,3 +170,16 @@ def test_channel_stats_streams_in_bounded_chunks():
     ref = x.astype(numpy.float64) / 255
     numpy.testing.assert_allclose(mean, ref.mean(axis=(0, 2, 3)), rtol=1e-6)
     numpy.testing.assert_allclose(std, ref.std(axis=(0, 2, 3)), rtol=1e-5)
+
+
+def test_a_full_disk_is_an_error_before_decoding(folder, tmp_path, monkeypatch):
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    calls = _count_decodes(monkeypatch)
+    with pytest.raises(cache.DatasetError, match=r"no room for the decoded cache .*No space left on device.*--no-cache"):
+        _load(folder, tmp_path / "c")
+    assert not calls and _caches(tmp_path / "c") == []

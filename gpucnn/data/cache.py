@@ -118,7 +118,8 @@ def _manifest(final):
             manifest = json.load(f)
         for s, n in manifest["splits"].items():
             x = numpy.load(os.path.join(final, f"{s}_x.npy"), mmap_mode="r")
-            if x.shape != (n, *manifest["shape"]) or x.dtype != numpy.uint8:
+            y = numpy.load(os.path.join(final, f"{s}_y.npy"), mmap_mode="r")
+            if x.shape != (n, *manifest["shape"]) or x.dtype != numpy.uint8 or y.shape != (n,):
                 return None
         return manifest
     except (OSError, ValueError, KeyError, TypeError):
@@ -136,8 +137,7 @@ def _decode_all(scan, shape, fit, workers, progress, out_dir):
 def _decode_split(scan, split, files, shape, fit, pool_map, progress, out_dir):
     n = len(files)
     path = out_dir and os.path.join(out_dir, f"{split}_x.npy")
-    x = numpy.lib.format.open_memmap(path, "w+", numpy.uint8, (n, *shape)) if path else \
-        numpy.empty((n, *shape), numpy.uint8)
+    x = _new_array(path, (n, *shape)) if path else numpy.empty((n, *shape), numpy.uint8)
     y = numpy.array([label for _, label, *_ in files], numpy.int64)
     tasks = [([p for p, *_ in files[i:i + CHUNK]], shape, fit) for i in range(0, n, CHUNK)]
     bad = []
@@ -163,13 +163,29 @@ def _compact(x, keep, path):
     if path is None:
         return x[keep]
     rows = numpy.flatnonzero(keep)
-    out = numpy.lib.format.open_memmap(path + ".kept", "w+", numpy.uint8, (len(rows), *x.shape[1:]))
+    out = _new_array(path + ".kept", (len(rows), *x.shape[1:]))
     for i in range(0, len(rows), 4096):
         out[i:i + 4096] = x[rows[i:i + 4096]]
     out.flush()
     del x
     os.replace(path + ".kept", path)
     return numpy.load(path, mmap_mode="r+")
+
+
+def _new_array(path, shape):
+    """A uint8 .npy of `shape`, memory-mapped for writing, its blocks reserved on disk first: a
+    full disk is an error here, not a SIGBUS when a mapped page is written later."""
+    x = numpy.lib.format.open_memmap(path, "w+", numpy.uint8, shape)
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: not reserved
+        return x
+    try:
+        with open(path, "r+b") as f:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    except OSError as e:
+        raise DatasetError(f"{os.path.dirname(os.path.dirname(path))}: no room for the decoded cache "
+                           f"({x.nbytes / 2**20:,.0f} MiB: {e.strerror}); pass --cache-dir DIR elsewhere, "
+                           f"or --no-cache to decode into memory") from None
+    return x
 
 
 def _decode_chunk(task):
