@@ -95,12 +95,16 @@ def _folder_flags(p, training=True):
                    "(default: decoded once into <cache-dir>/folders, read memory-mapped afterwards)")
 
 
-def _folder_options(args, config=None):
-    """load()'s folder_options: the pixel settings from the run's config, the rest from flags."""
+def _folder_options(args, config=None, ranks_here=1):
+    """load()'s folder_options: the pixel settings from the run's config, the rest from flags.
+    Decoding workers default to the cores shared among the ranks on this node."""
+    from gpucnn.data.cache import default_workers
+
     config = config or {}
     return {"image_size": config.get("image_size"), "channels": config.get("channels"),
             "fit": config.get("fit") or "stretch", "strict_images": getattr(args, "strict_images", False),
-            "workers": args.workers, "no_cache": args.no_cache, "progress": not getattr(args, "no_progress", False)}
+            "workers": args.workers or max(1, default_workers() // ranks_here), "no_cache": args.no_cache,
+            "progress": not getattr(args, "no_progress", False)}
 
 
 def _distributed_flags(p):
@@ -312,7 +316,7 @@ def _train(args, comm):
         print(done)
         return 0
     data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir,
-                folder_options=_folder_options(args, config))
+                folder_options=_folder_options(args, config, comm.local_size))
     config.update(data.pixels or {})  # a folder's size and channels as found, so eval and predict see the same
     validate.check_splits(data)
     if ckpt is not None:
