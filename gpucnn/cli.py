@@ -17,6 +17,7 @@ TRAIN_DEFAULTS = {
     "schedule": "cosine", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
     "seed": 0, "augment": None, "dtype": "float32",
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
+    "image_size": None, "channels": None, "fit": "stretch",  # folders of images (#17): what changes pixels
 }
 # gpucnn.models.MODELS and gpucnn.optim.OPTIMIZERS, named without importing them (see the module docstring)
 MODEL_CHOICES = ["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"]
@@ -29,6 +30,7 @@ def _train_parser(sub):
     d = TRAIN_DEFAULTS
     p = sub.add_parser("train", help="train a model", description="Train a CNN; Ctrl-C or SIGTERM saves a checkpoint and stops (exit 130 or 143).")
     _data_flags(p)
+    _folder_flags(p)
     p.add_argument("--epochs", type=int, help="number of epochs (default: 30 for digits, 10 otherwise)")
     _step_flags(p)
     p.add_argument("--lr", type=float, help=f"base learning rate (default: {d['lr']})")
@@ -78,11 +80,12 @@ def _data_flags(p):
     d = TRAIN_DEFAULTS
     p.add_argument("--model", choices=MODEL_CHOICES,
                    help=f"network (default: {d['model']})")
-    p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz (default: {d['dataset']}, built in)")
+    p.add_argument("--dataset", help=f"digits | mnist | fashion-mnist | cifar10 | PATH.npz | PATH a folder of images "
+                   f"(PATH/train/<class>/... with PATH/test/ or PATH/val/, or PATH/<class>/...) (default: {d['dataset']}, built in)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the download cache)")
     p.add_argument("--download", action="store_true",
                    help="fetch missing mnist/fashion-mnist/cifar10 files into --data-dir (or the cache) and verify their checksums")
-    p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
+    p.add_argument("--cache-dir", help="download cache, and decoded image folders in its folders/ (default: ~/.cache/gpucnn)")
 
 
 def _step_flags(p):
@@ -105,6 +108,34 @@ def _sample_flags(p):
     p.add_argument("--dtype", choices=["float32", "float64"],
                    help=f"float type of weights, activations and gradients; float64 is for checking results, and "
                         f"slower (default: {d['dtype']})")
+
+
+def _folder_flags(p, training=True):
+    g = p.add_argument_group("folders of images (--dataset PATH; " + install_hint("image") + ")")
+    if training:
+        g.add_argument("--image-size", metavar="H[xW]", help="size images are brought to (default: the one size all images "
+                       "have; an error listing the sizes when they differ)")
+        g.add_argument("--channels", type=int, choices=[1, 3], help="1 (grey) or 3 (RGB) (default: as the images are; "
+                       "an error when grey and colour images are mixed)")
+        g.add_argument("--fit", choices=["stretch", "crop", "pad"], help="how an image is brought to --image-size, the rule "
+                       "gpucnn predict --fit applies (default: stretch)")
+        g.add_argument("--strict-images", action="store_true", help="any file that does not decode is an error before "
+                       "training (default: named on stderr and skipped)")
+    g.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: the number of cores)")
+    g.add_argument("--no-cache", action="store_true", help="decode into memory, not into the decoded cache "
+                   "(default: decoded once into <cache-dir>/folders, read memory-mapped afterwards)")
+
+
+def _folder_options(args, config=None, ranks_here=1):
+    """load()'s folder_options: the pixel settings from the run's config, the rest from flags.
+    Decoding workers default to the cores shared among the ranks on this node."""
+    from gpucnn.data.cache import default_workers
+
+    config = config or {}
+    return {"image_size": config.get("image_size"), "channels": config.get("channels"),
+            "fit": config.get("fit") or "stretch", "strict_images": getattr(args, "strict_images", False),
+            "workers": args.workers or max(1, default_workers() // ranks_here), "no_cache": args.no_cache,
+            "progress": not getattr(args, "no_progress", False)}
 
 
 def _distributed_flags(p):
@@ -137,14 +168,16 @@ def _backend_flags(p):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="gpucnn", description="Train and inspect CNNs on CuPy (CUDA) or NumPy.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,eval,predict,export,check,plot,summary,profile,lr-find}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,eval,predict,export,check,plot,data,summary,profile,lr-find}")
     _train_parser(sub)
 
     p = sub.add_parser("eval", help="test loss, accuracy and per-class metrics of a checkpoint; its confusion matrix and mistakes drawn")
     p.add_argument("--checkpoint", required=True, help="checkpoint file written by gpucnn train")
     p.add_argument("--dataset", help="dataset to evaluate on (default: the checkpoint's)")
     p.add_argument("--data-dir", help="directory holding the dataset's files (default: the checkpoint's)")
-    p.add_argument("--cache-dir", help="download cache (default: ~/.cache/gpucnn)")
+    p.add_argument("--cache-dir", help="download cache, and decoded image folders in its folders/ (default: ~/.cache/gpucnn)")
+    _folder_flags(p, training=False)
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size (default: 1000)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's logits with its horizontal flip's (default: as the run was trained)")
@@ -166,6 +199,14 @@ def build_parser():
                         "added); replaces only an image of that format; its directory is created if missing "
                         "(default: curves.png)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("data", help="scan a folder of images and summarise it, without training",
+                       description="List a folder dataset as gpucnn train --dataset PATH would: classes with their "
+                                   "image counts per split, the sizes and modes found, bad files (path and reason) "
+                                   "and ignored ones. Decodes every file to find bad ones (JPEGs at 1/8 scale); writes nothing.")
+    p.add_argument("path", metavar="PATH", help="PATH/train/<class>/... (with PATH/test/ or PATH/val/) or PATH/<class>/...")
+    p.add_argument("--workers", type=int, metavar="N", help="processes reading headers (default: the number of cores)")
+    p.set_defaults(func=cmd_data)
     _summary_parser(sub)
     _profile_parser(sub)
     _lr_find_parser(sub)
@@ -251,10 +292,11 @@ def _predict_parser(sub):
     p.add_argument("--top-k", type=int, default=3, help="how many classes to list per image (default: 3)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of a line of text")
     p.add_argument("--invert", action="store_true", help="invert the pixels (v -> 1 - v): black-on-white images for a white-on-black net")
-    p.add_argument("--fit", choices=["stretch", "crop", "pad"], default="stretch",
+    p.add_argument("--fit", choices=["stretch", "crop", "pad"],
                    help="how an image is brought to the net's size: stretch (resize the whole image), crop (centre crop "
                         "to the net's aspect ratio, then resize) or pad (fit inside, borders of background colour) "
-                        "(default: stretch; bilinear resampling, antialiased)")
+                        "(default: the --fit the net was trained with on a folder of images, else stretch; bilinear "
+                        "resampling, antialiased)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _backend_flags(p)
@@ -301,6 +343,10 @@ def _config(args):
     from gpucnn.errors import GpucnnError
 
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k, None) is not None}
+    if given.get("image_size") is not None:  # one spelling, "HxW", in the config
+        from gpucnn.data.folder import parse_size
+
+        given["image_size"] = "x".join(map(str, parse_size(given["image_size"])))
     if _is_path(given.get("dataset")):  # saved absolute, so a resume or eval from elsewhere finds it
         given["dataset"] = os.path.abspath(given["dataset"])
     config, start, ckpt = dict(TRAIN_DEFAULTS), None, None
@@ -325,7 +371,10 @@ def _config(args):
 
 
 def _is_path(dataset):
-    return isinstance(dataset, str) and (dataset.lower().endswith(".npz") or os.sep in dataset)
+    from gpucnn.data import NAMES
+
+    return isinstance(dataset, str) and (dataset.lower().endswith(".npz") or os.sep in dataset
+                                         or (dataset.lower() not in NAMES and os.path.isdir(dataset)))
 
 
 def _same_or_moved(saved, given):
@@ -374,7 +423,9 @@ def _train(args, comm):
     if done:
         print(done)
         return 0
-    data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir)
+    data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir,
+                folder_options=_folder_options(args, config, comm.local_size))
+    config.update(data.pixels or {})  # a folder's size and channels as found, so eval and predict see the same
     validate.check_splits(data)
     if ckpt is not None:
         validate.check_data_fits(data, ckpt, args.resume)
@@ -450,7 +501,7 @@ def cmd_eval(args):
     config = ckpt["meta"]["config"]
     name = args.dataset or config["dataset"]
     data = load(name, data_dir=args.data_dir or (config.get("data_dir") if name == config["dataset"] else None),
-                cache_dir=args.cache_dir)
+                cache_dir=args.cache_dir, folder_options=_folder_options(args, config))
     validate.check_splits(data, ("test",))
     classes = validate.check_data_fits(data, ckpt, args.checkpoint)
     try:
@@ -487,6 +538,16 @@ def cmd_predict(args):
     from gpucnn.predict import run
 
     return run(args)
+
+
+def cmd_data(args):
+    from gpucnn.data import cache, folder
+
+    scan = folder.scan(args.path)
+    with cache.worker_map(args.workers or cache.default_workers()) as pool_map:
+        folder.read_headers(scan, pool_map, decode=True)
+    print("\n".join(folder.summary(scan)))
+    return 0
 
 
 def cmd_export(args):

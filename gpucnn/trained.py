@@ -22,6 +22,7 @@ class Trained:
     mean: numpy.ndarray    # float32 (C,), of the scaled (0..1) training pixels
     std: numpy.ndarray     # float32 (C,)
     path: str              # the checkpoint it came from
+    fit: str = "stretch"   # how its training images were brought to size (a folder run's --fit)
 
 
 def load_trained(path):
@@ -49,7 +50,8 @@ def load_trained(path):
                               f"too large for memory (its meta is damaged?)") from None
     check_model_state(ckpt["model_state"], model.state_dict(), path)
     model.load_state_dict(ckpt["model_state"])
-    return Trained(model.eval(), name, info["input_shape"], info["classes"], info["mean"], info["std"], path)
+    fit = config.get("fit") if config.get("fit") in ("stretch", "crop", "pad") else "stretch"
+    return Trained(model.eval(), name, info["input_shape"], info["classes"], info["mean"], info["std"], path, fit)
 
 
 def _described(meta, config, path):

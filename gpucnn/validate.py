@@ -24,7 +24,7 @@ SETTINGS = {
     "schedule": ("str", None), "warmup_steps": ("int", 0), "step_size": ("int", 1), "gamma": ("float", 0),
     "min_lr": ("float", 0), "seed": ("int", 0), "augment": ("bool?", None), "graph": ("bool?", None),
     "label_smoothing": ("float", 0), "peak_fraction": ("float", 0), "tta": ("bool?", None), "ema": ("float?", None),
-    "sync_bn": ("bool?", None),
+    "sync_bn": ("bool?", None), "image_size": ("str?", None), "channels": ("int?", 1), "fit": ("str", None),
 }
 # Upper ends of the recipe's settings, each (low, high, whether the ends are allowed), as the
 # loss, the EMA and the schedule check them; peak_fraction matters only to onecycle.

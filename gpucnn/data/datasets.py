@@ -28,6 +28,8 @@ class Dataset:
     classes: list
     mean: numpy.ndarray = field(default=None)
     std: numpy.ndarray = field(default=None)
+    has_test: bool = True   # False: the folder had no test split (x_test has 0 rows)
+    pixels: dict = None     # a folder's pixel settings (image_size, channels, fit), saved in the run's config
 
     def __post_init__(self):
         if self.mean is None or self.std is None:
@@ -51,14 +53,20 @@ class Dataset:
                 f"test {self.x_test.shape}, {self.num_classes} classes)")
 
 
-def load(name, data_dir=None, download=False, cache_dir=None, mirror=None):
-    """Load a dataset by name: digits | mnist | fashion-mnist | cifar10 | path/to/file.npz.
+def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folder_options=None):
+    """Load a dataset by name: digits | mnist | fashion-mnist | cifar10 | path/to/file.npz |
+    path/to/folder of images (folder_options: load_folder's keyword arguments).
 
     Files are looked for in data_dir, else in <cache_dir>/<name> (cache_dir defaults to
     GPUCNN_CACHE or ~/.cache/gpucnn). download=True first fetches any missing files
     into that same directory (from `mirror` / GPUCNN_MIRROR / the official mirror).
     """
     key = str(name).strip()
+    options = {k: v for k, v in (folder_options or {}).items() if v is not None}
+    if key.lower() not in NAMES and os.path.isdir(key):  # a folder named like a built-in: ./mnist
+        return load_folder(key, cache_dir=cache_dir, **options)
+    if {"image_size", "channels"} & set(options):
+        raise DatasetError(f"--image-size and --channels are for folders of images; {name} is not a folder")
     if key.lower().endswith(".npz"):
         return Dataset(os.path.splitext(os.path.basename(key))[0], *npz.load(key))
     key = key.lower()
@@ -78,3 +86,39 @@ def load(name, data_dir=None, download=False, cache_dir=None, mirror=None):
         downloader.download(key, directory, mirror=mirror)
     classes = [str(i) for i in range(10)] if key == "mnist" else list(FASHION_CLASSES)
     return Dataset(key, *idx.load_dir(directory, num_classes=10), classes)
+
+
+def load_folder(path, *, image_size=None, channels=None, fit="stretch", strict_images=False, workers=None,
+                cache_dir=None, no_cache=False, progress=True):
+    """A Dataset of the images in folder `path` (see folder.py for layouts and checks, cache.py
+    for the decoded cache under <cache_dir>/folders). Bad files are named on stderr and skipped."""
+    import sys
+
+    from . import cache, folder
+
+    scan = folder.scan(path)
+    workers = workers or cache.default_workers()
+    size = folder.parse_size(image_size) if image_size is not None else None
+    if channels is not None and channels not in (1, 3):
+        raise DatasetError(f"--channels must be 1 or 3, got {channels}")
+    if size is None or channels is None:
+        with cache.worker_map(workers) as pool_map:
+            folder.read_headers(scan, pool_map, progress=progress)
+    if strict_images:
+        folder.check_strict(scan)
+    shape = folder.resolve_shape(scan, size, channels)
+    arrays, mean, std = cache.load(scan, shape, fit, cache_dir=cache_dir or downloader.default_cache_dir(),
+                                   workers=workers, use_cache=not no_cache, progress=progress)
+    if strict_images:
+        folder.check_strict(scan)
+    for p, why in scan.bad:
+        print(f"gpucnn: {folder.image.printable(p)}: {why}; skipped", file=sys.stderr)
+    if scan.bad:
+        print(f"gpucnn: {len(scan.bad)} bad file(s) skipped", file=sys.stderr)
+    if folder.ignored_text(scan):
+        print(f"gpucnn: {scan.root}: ignored {folder.ignored_text(scan)} (gpucnn data PATH summarises the folder)",
+              file=sys.stderr)
+    x_test, y_test = arrays.get("test", (numpy.zeros((0, *shape), numpy.uint8), numpy.zeros(0, numpy.int64)))
+    pixels = {"image_size": f"{shape[1]}x{shape[2]}", "channels": shape[0], "fit": fit}
+    return Dataset(os.path.basename(scan.root), *arrays["train"], x_test, y_test, list(scan.classes),
+                   mean, std, has_test=scan.has_test, pixels=pixels)
