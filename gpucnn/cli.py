@@ -14,6 +14,7 @@ TRAIN_DEFAULTS = {
     "schedule": "cosine", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
     "seed": 0, "augment": None,
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
+    "val_split": None, "save_best": False, "early_stop": None, "augmentation": "crop-flip",  # trainflow (#17)
 }
 # Flags a resumed run may change; every other one is taken from the checkpoint.
 RESUMABLE = {"epochs", "data_dir"}
@@ -55,6 +56,7 @@ def _train_parser(sub):
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
     p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
+    _trainflow_flags(p)
     _backend_flags(p)
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=os.environ.get("GPUCNN_GRAPH", "1") != "0",
                    help="capture each training step in a CUDA graph on the cupy backend (default: on; env GPUCNN_GRAPH=0 turns it off)")
@@ -74,6 +76,25 @@ def _train_parser(sub):
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     _distributed_flags(p)
     p.set_defaults(func=cmd_train)
+
+
+def _trainflow_flags(p):
+    from gpucnn.data.augment import KINDS
+
+    p.add_argument("--augmentation", choices=list(KINDS), help="which augmentation --augment applies: " + "; ".join(
+        f"{k}: {v}" for k, v in KINDS.items()) + " (default: crop-flip; naming one turns --augment on)")
+    p.add_argument("--val-split", type=float, metavar="FRACTION",
+                   help="hold out this stratified part of the training images (drawn from --seed): each epoch reports "
+                        "val_loss and val_acc, the test split is scored once, after the last epoch; required for a "
+                        "dataset without a test split, whose held-out part is then its test split (default: none)")
+    p.add_argument("--save-best", action="store_true", default=None,
+                   help="also keep the checkpoint of the epoch with the best val_acc, as SAVE-STEM.best.ckpt "
+                        "(needs --val-split; default: off)")
+    p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                   help="gather (and on cupy, send on a second stream) the next batch while the current step runs; "
+                        "the batches are the same either way (default: on)")
+    p.add_argument("--early-stop", type=int, metavar="N",
+                   help="stop after N epochs without a higher val_acc (needs --val-split; default: off)")
 
 
 def _distributed_flags(p):
@@ -218,7 +239,7 @@ def _config(args):
     if config["epochs"] is None:
         config["epochs"] = 30 if config["dataset"] == "digits" else 10
     if config["augment"] is None:
-        config["augment"] = config["dataset"] == "cifar10"
+        config["augment"] = "augmentation" in given or config["dataset"] == "cifar10"
     return config, start, ckpt
 
 
@@ -251,23 +272,29 @@ def _train(args, comm):
     from gpucnn.optim import make_optimizer, make_schedule
     from gpucnn.recipe import Recipe
     from gpucnn.train import TrainingStopped, fit
+    from gpucnn import best
+    from gpucnn.data import split
 
     if args.init_from and args.resume:
         raise GpucnnError("--init-from starts a new run; --resume continues one: give one of them")
     config, start, ckpt = _config(args)
     config["graph"] = bool(args.graph)
+    config["prefetch"] = bool(args.prefetch)  # changes no result: a resumed run may differ
     config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
     save, metrics_out = validate.check_train_outputs(args, config)
+    best_path = best.check_outputs(config, save, args)
     if args.init_from:
         from gpucnn.init_from import check_source
 
         check_source(args.init_from)  # a missing file is told before the data loads
-    done = validate.finished(start, config, args.stop_after, args.resume)
+    done = validate.finished(start, config, args.stop_after, args.resume) or best.stopped_early(ckpt, args.resume)
     if done:
         print(done)
         return 0
     data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir)
+    validate.check_splits(data, ("train",))
+    data = split.prepare(data, config["val_split"], config["seed"])  # a dataset without a test split needs one
     validate.check_splits(data)
     if ckpt is not None:
         validate.check_data_fits(data, ckpt, args.resume)
@@ -304,7 +331,7 @@ def _train(args, comm):
     if config["sync_bn"]:
         distributed.use_sync_bn(model, comm)
     print(f"gpucnn: {config['model']} ({model.num_parameters():,} parameters) on {data.name} "
-          f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
+          f"({split.sizes(data)}, {'x'.join(map(str, data.x_train.shape[1:]))}), "
           f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else "")
           + (f", {comm.size} ranks (global batch {config['batch_size']})" if comm.size > 1 else ""))
     if metrics_out and ckpt is None and comm.rank == 0:
@@ -314,7 +341,8 @@ def _train(args, comm):
     try:
         fit(model, optimizer, schedule, data, config, start=start, save_path=save,
             metrics_path=metrics_out, progress=not args.no_progress and comm.rank == 0,
-            stop_after=args.stop_after, comm=comm, ema=recipe.ema)
+            stop_after=args.stop_after, comm=comm, ema=recipe.ema,
+            monitor=best.from_checkpoint(ckpt, config, args.resume) if config["val_split"] else None, best_path=best_path)
     except TrainingStopped as e:
         print(f"gpucnn: {e}", file=sys.stderr)
         return 1
@@ -329,6 +357,7 @@ def cmd_eval(args):
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
     from gpucnn.train import evaluate
+    from gpucnn.data import split
 
     validate.check_eval_settings(args)
     ckpt = load_checkpoint(args.checkpoint)
@@ -337,6 +366,7 @@ def cmd_eval(args):
     name = args.dataset or config["dataset"]
     data = load(name, data_dir=args.data_dir or (config.get("data_dir") if name == config["dataset"] else None),
                 cache_dir=args.cache_dir)
+    data, scored = split.for_eval(data, config)
     validate.check_splits(data, ("test",))
     classes = validate.check_data_fits(data, ckpt, args.checkpoint)
     try:
@@ -364,7 +394,7 @@ def cmd_eval(args):
                                     batch_size=args.batch_size, classes=classes, tta=tta)
     names = list(data.classes) + [str(i) for i in range(len(data.classes), classes)]
     how = ", ".join(w for w, on in (("moving-average weights", args.ema), ("flip TTA", tta)) if on)
-    print(f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images{'; ' + how if how else ''}): "
+    print(f"{args.checkpoint} on {data.name} {scored} ({len(data.y_test):,} images{'; ' + how if how else ''}): "
           f"loss {loss:.4f}, accuracy {acc:.4f}")
     print(f"{'class':<16} {'accuracy':>8}")
     for label, a in zip(names, per_class):

@@ -25,10 +25,13 @@ SETTINGS = {
     "min_lr": ("float", 0), "seed": ("int", 0), "augment": ("bool?", None), "graph": ("bool?", None),
     "label_smoothing": ("float", 0), "peak_fraction": ("float", 0), "tta": ("bool?", None), "ema": ("float?", None),
     "sync_bn": ("bool?", None),
+    "val_split": ("float?", 0), "save_best": ("bool?", None), "early_stop": ("int?", 1), "augmentation": ("str", None),
+    "prefetch": ("bool?", None),
 }
 # Upper ends of the recipe's settings, each (low, high, whether the ends are allowed), as the
 # loss, the EMA and the schedule check them; peak_fraction matters only to onecycle.
-RANGES = {"label_smoothing": (0.0, 1.0, True), "ema": (0.0, 1.0, False), "peak_fraction": (0.0, 1.0, False)}
+RANGES = {"label_smoothing": (0.0, 1.0, True), "ema": (0.0, 1.0, False), "peak_fraction": (0.0, 1.0, False),
+          "val_split": (0.0, 1.0, False)}
 # What a checkpoint's configuration must hold; the rest take TRAIN_DEFAULTS when absent.
 REQUIRED = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "schedule", "seed")
 # A checkpoint's position in its run: key -> kind, all >= 0.
