@@ -54,7 +54,8 @@ def _train_parser(sub):
                    help="keep an exponential moving average of the weights (e.g. 0.999), updated every step, "
                         "evaluated each epoch and saved in the checkpoint (default: off)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
+                   help="augment the training images on the device, as --augmentation says (default: on for cifar10, "
+                        "or when --augmentation is given; off otherwise)")
     p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
     _trainflow_flags(p)
     _backend_flags(p)
