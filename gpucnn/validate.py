@@ -79,6 +79,10 @@ def check_train_settings(config, stop_after=None):
         if not inside:
             ends = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
             raise GpucnnError(f"{_flag(key)} must be in {ends}, got {value}")
+    from gpucnn.data.augment import KINDS
+
+    if config.get("augmentation", "crop-flip") not in KINDS:
+        raise GpucnnError(f"--augmentation must be one of {', '.join(KINDS)}, got {config['augmentation']!r}")
     if stop_after is not None and stop_after < 1:
         raise GpucnnError(f"--stop-after must be at least 1, got {stop_after}")
 
@@ -180,7 +184,9 @@ def check_splits(data, splits=("train", "test")):
     for split in splits:
         if len(getattr(data, f"y_{split}")) == 0:
             raise DatasetError(f"{data.name}: the {split} split is empty (0 images); "
-                               f"{'training' if split == 'train' else 'evaluation'} needs at least one")
+                               f"{'training' if split == 'train' else 'evaluation'} needs at least one"
+                               + ("" if split == "train" else " (a run trained with --val-split is evaluated on "
+                                                              "its held-out part instead)"))
 
 
 def saved_model_io(ckpt):

@@ -187,3 +187,11 @@ def test_cupy_kernel_matches_numpy(on_cupy, rng):
     flips = rng.random(16) < 0.5
     got = on_cupy.asnumpy(augment.random_resized_crop(on_cupy.asarray(x), boxes, flips))
     numpy.testing.assert_allclose(got, rrc_numpy(x, boxes, flips), rtol=0, atol=1e-6)
+
+
+def test_an_unknown_augmentation_in_a_checkpoint_is_refused():
+    from gpucnn import validate
+    from gpucnn.errors import GpucnnError
+
+    with pytest.raises(GpucnnError, match="--augmentation must be one of crop-flip, rrc-flip, got 'blur'"):
+        validate.check_train_settings({"augmentation": "blur"})

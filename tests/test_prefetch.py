@@ -203,3 +203,18 @@ def test_cupy_path_copies_ahead_on_its_stream_and_orders_by_events(monkeypatch):
 def where_sent(log, k):
     copy = log.index(("copy", "copy", k))
     return log[copy + 1][2]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("augment", [False, "crop-flip", "rrc-flip"])
+def test_cupy_prefetch_gives_the_same_batches_on_the_callers_stream(on_cupy, rng, augment):
+    """On a real GPU, inside a non-blocking stream as fit() runs the graphed step."""
+    x, y = images(rng, n=300)
+    with on_cupy.cuda.Stream(non_blocking=True):
+        plain = [(on_cupy.asnumpy(a), on_cupy.asnumpy(b)) for a, b in run(x, y, False, augment=augment)]
+        ahead = [(on_cupy.asnumpy(a), on_cupy.asnumpy(b)) for a, b in run(x, y, True, augment=augment)]
+    assert len(plain) == len(ahead)
+    for (a, ya), (b, yb) in zip(plain, ahead):
+        numpy.testing.assert_array_equal(a, b)
+        numpy.testing.assert_array_equal(ya, yb)
+    assert not prefetch_threads()

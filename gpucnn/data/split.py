@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy
 
+from .datasets import Dataset
 from .errors import DatasetError
 from .stats import channel_stats
 
@@ -72,51 +73,36 @@ def holdout(y, fraction, seed):
     return numpy.flatnonzero(keep), held
 
 
-@dataclasses.dataclass(eq=False)
-class Validated:
-    """A dataset with a validation part: what fit() reads (x_train, y_train, x_val, y_val,
-    x_test, y_test, classes, mean, std, name). `val_is_test`: the dataset has no test
-    split, so the held-out part is scored as the test split too."""
-    name: str
-    x_train: object
-    y_train: numpy.ndarray
-    x_val: object
-    y_val: numpy.ndarray
-    x_test: object
-    y_test: numpy.ndarray
-    classes: list
-    mean: numpy.ndarray
-    std: numpy.ndarray
-    fraction: float
-    val_is_test: bool
-
-    @property
-    def num_classes(self):
-        return len(self.classes)
-
-    @property
-    def input_shape(self):
-        return tuple(self.x_train.shape[1:])
+@dataclasses.dataclass(eq=False, repr=False)
+class Validated(Dataset):
+    """A Dataset with a validation part (x_val, y_val), which fit() scores every epoch.
+    `val_is_test`: the dataset has no test split, so x_test, y_test are the held-out part."""
+    x_val: object = None
+    y_val: numpy.ndarray = None
+    fraction: float = None
+    val_is_test: bool = False
 
 
 def has_test_split(data):
     return len(data.y_test) > 0
 
 
-def split(data, fraction, seed):
+def split(data, fraction, seed, stats=True):
     """`data` (a gpucnn.data.Dataset) with `fraction` of its training images held out.
-    Without a test split, the held-out part stands in for it."""
+    Without a test split, the held-out part stands in for it. stats=False keeps the
+    dataset's mean/std instead of recomputing them from the training part (eval, which
+    normalises with the checkpoint's, needs no pass over the images)."""
     train, held = holdout(data.y_train, fraction, seed)
     if len(held) == 0 or len(train) == 0:
         raise DatasetError(f"{data.name}: --val-split {fraction} of {len(data.y_train)} training images "
                            f"leaves nothing to hold out or nothing to train on")
     x_train, x_val = Rows(data.x_train, train), Rows(data.x_train, held)
     y_train, y_val = data.y_train[train], data.y_train[held]
-    mean, std = channel_stats(x_train)
+    mean, std = channel_stats(x_train) if stats else (data.mean, data.std)
     empty_test = not has_test_split(data)
-    return Validated(data.name, x_train, y_train, x_val, y_val,
-                     x_val if empty_test else data.x_test, y_val if empty_test else data.y_test,
-                     list(data.classes), mean, std, float(fraction), empty_test)
+    return Validated(data.name, x_train, y_train, x_val if empty_test else data.x_test,
+                     y_val if empty_test else data.y_test, list(data.classes), mean, std,
+                     x_val=x_val, y_val=y_val, fraction=float(fraction), val_is_test=empty_test)
 
 
 def prepare(data, fraction, seed):
@@ -136,7 +122,7 @@ def for_eval(data, config):
     the run held out (its saved --val-split and seed)."""
     if has_test_split(data) or not config.get("val_split"):
         return data, "test set"
-    held = split(data, config["val_split"], config.get("seed", 0))
+    held = split(data, config["val_split"], config.get("seed", 0), stats=False)
     return held, f"held-out {config['val_split']:g} of the training images (no test split)"
 
 
