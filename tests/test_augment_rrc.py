@@ -150,6 +150,7 @@ def test_resume_with_rrc_is_bit_exact(tmp_path):
 def test_help_names_the_choices(capsys):
     from gpucnn import cli
 
+    assert tuple(cli.AUGMENTATION_HELP) == augment.KINDS
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())

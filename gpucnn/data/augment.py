@@ -15,11 +15,7 @@ import numpy
 
 from .. import backend
 
-KINDS = {
-    "crop-flip": "pad 4 with zeros, random crop back to size, random horizontal flip (CIFAR's)",
-    "rrc-flip": "random-resized-crop (torchvision's RandomResizedCrop: 8-100%% of the area, aspect 3/4-4/3, "
-                "bilinear, back to size) and random horizontal flip",
-}
+KINDS = ("crop-flip", "rrc-flip")  # --augmentation's choices (the command line's help says what each does)
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
 TRIES = 10  # torchvision's attempts before the centre-crop fallback
