@@ -218,3 +218,36 @@ def test_cupy_prefetch_gives_the_same_batches_on_the_callers_stream(on_cupy, rng
         numpy.testing.assert_array_equal(a, b)
         numpy.testing.assert_array_equal(ya, yb)
     assert not prefetch_threads()
+
+
+@pytest.mark.parametrize("how", ["error", "sigterm"])
+def test_a_run_that_ends_mid_epoch_leaves_no_prefetch_thread(tmp_path, monkeypatch, how):
+    pytest.importorskip("sklearn")
+    import os
+    import signal
+
+    from gpucnn import cli, train
+
+    real, calls = train.TrainStep.__call__, [0]
+
+    def step(self, x, y):
+        calls[0] += 1
+        if calls[0] == 3:
+            if how == "error":
+                raise RuntimeError("a step failed")
+            os.kill(os.getpid(), signal.SIGTERM)  # handled after this step: save, stop, exit 143
+        return real(self, x, y)
+
+    monkeypatch.setattr(train.TrainStep, "__call__", step)
+    args = ["train", "--no-progress", "--batch-size", "16", "--epochs", "1", "--save", str(tmp_path / "c.ckpt")]
+    if how == "error":
+        try:
+            cli.main(args)
+        except RuntimeError as e:  # while its traceback (which holds the loop's frames) is alive
+            assert str(e) == "a step failed"
+            assert not prefetch_threads()
+        else:
+            raise AssertionError("the step's error was not raised")
+    else:
+        assert cli.main(args) == 143
+        assert not prefetch_threads()
