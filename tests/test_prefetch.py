@@ -131,6 +131,9 @@ class FakeStream:
     def __init__(self, log, name):
         self.log, self.name, self.events = log, name, 0
 
+    def synchronize(self):
+        self.log.append(("host waits for", self.name))
+
     def record(self):
         self.events += 1
         self.log.append(("record", self.name, self.events))
@@ -185,6 +188,7 @@ def test_cupy_path_copies_ahead_on_its_stream_and_orders_by_events(monkeypatch):
         log.append(("step", int(yb[0])))
         out.append(int(xb[0, 0, 0, 0]))
     assert out == [0, 1, 2, 3, 4]
+    assert log[-1] == ("host waits for", "copy")  # nothing in flight when the buffers are freed
     where = {e: i for i, e in enumerate(log)}
     for k in range(5):
         copy = where[("copy", "copy", k)]
@@ -194,6 +198,9 @@ def test_cupy_path_copies_ahead_on_its_stream_and_orders_by_events(monkeypatch):
         assert copy < waits < where[("finish", k)] < where[("step", k)]  # the caller waits for the copy
         if k + 1 < 5:
             assert where[("copy", "copy", k + 1)] < where[("step", k)]   # the next copy is queued first
+        if k < 2:  # a new buffer: the copy waits for the caller's stream's work queued before it
+            assert log[copy - 2][:2] == ("record", "caller") and log[copy - 1] == ("wait", "copy", "caller",
+                                                                                   log[copy - 2][2])
         if k >= 2:  # slot reuse: the copy stream waits for the caller's reads of batch k - 2
             read = [e for e in log[:copy] if e[:2] == ("record", "caller")][k - 2]
             assert ("wait", "copy", "caller", read[2]) in log[:copy]

@@ -116,6 +116,9 @@ def _on_cupy(host_batches, finish, depth):
         n, slot = len(hb.x), ring[k % 2]
         if slot is None or not slot.fits(hb.x):
             slot = ring[k % 2] = _Slot(cupy, (max(n, 1), *hb.x.shape[1:]), hb.x.dtype)
+            # A new device buffer comes from the caller's stream's pool: memory its queued
+            # work may still use. The copy stream writes it only after that work.
+            slot.read = cupy.cuda.get_current_stream().record()
         if slot.sent is not None:
             slot.sent.synchronize()  # the copy engine may still be reading the pinned buffer
         slot.pinned[:n] = hb.x
@@ -141,3 +144,4 @@ def _on_cupy(host_batches, finish, depth):
             pending, k = nxt, k + 1
     finally:
         worker.close()
+        copy_stream.synchronize()  # no copy is in flight when the buffers go back to the pools
