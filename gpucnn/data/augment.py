@@ -6,8 +6,8 @@ The boxes are drawn on the host, vectorised, from the epoch's augmentation gener
 the same boxes. The crop is resized back to the image's own size, bilinearly with
 half-pixel centres (PyTorch's interpolate(mode="bilinear", align_corners=False), which
 torchvision's resize of a tensor calls). A box never exceeds the image, so the resize
-only enlarges and antialiasing never applies. NumPy: one gather of four neighbours per
-output pixel, all images at once; CuPy: kernels/rrc.cu, one thread per output pixel.
+only enlarges and antialiasing never applies. NumPy: two batched matrix products, all
+images at once; CuPy: kernels/rrc.cu, one thread per output pixel, the same weights.
 """
 import math
 
@@ -71,20 +71,30 @@ def source_coords(start, size, out):
 
 
 def rrc_numpy(x, boxes, flips):
-    """x (B, C, H, W) float32 -> the boxes resized back to (H, W), flipped where flips."""
+    """x (B, C, H, W) float32 -> the boxes resized back to (H, W), flipped where flips.
+
+    Bilinear resizing is separable and linear: each axis is resampled by a per-image matrix
+    with two weights a row (1 - frac at i0, frac at i1), so out = Wy @ x @ Wx^T, two batched
+    matrix products (BLAS), several times faster than gathering four neighbours per pixel."""
     b, c, height, width = x.shape
     boxes = numpy.asarray(boxes)
     y0, y1, fy = source_coords(boxes[:, 0], boxes[:, 2], height)      # (B, H)
     x0, x1, fx = source_coords(boxes[:, 1], boxes[:, 3], width)       # (B, W)
     flip = numpy.asarray(flips, bool)[:, None]
     x0, x1, fx = (numpy.where(flip, a[:, ::-1], a) for a in (x0, x1, fx))  # a flip reads the columns backwards
-    n, ch = numpy.arange(b)[:, None, None, None], numpy.arange(c)[None, :, None, None]
-    r0, r1, c0, c1 = y0[:, None, :, None], y1[:, None, :, None], x0[:, None, None, :], x1[:, None, None, :]
-    wy, wx = fy[:, None, :, None], fx[:, None, None, :]
-    one = numpy.float32(1)
-    top = x[n, ch, r0, c0] * (one - wx) + x[n, ch, r0, c1] * wx
-    bottom = x[n, ch, r1, c0] * (one - wx) + x[n, ch, r1, c1] * wx
-    return top * (one - wy) + bottom * wy
+    rows = _interpolation_matrix(y0, y1, fy, height)[:, None]                   # (B, 1, H, H)
+    cols = _interpolation_matrix(x0, x1, fx, width).transpose(0, 2, 1)[:, None]  # (B, 1, W, W)
+    return rows @ x.astype(numpy.float32, copy=False) @ cols
+
+
+def _interpolation_matrix(i0, i1, frac, size):
+    """(B, out, size) float32: row o of image b holds 1 - frac at i0 and frac at i1."""
+    b, out = i0.shape
+    m = numpy.zeros((b, out, size), numpy.float32)
+    image, row = numpy.arange(b)[:, None], numpy.arange(out)[None, :]
+    m[image, row, i0] = numpy.float32(1) - frac
+    m[image, row, i1] += frac  # where i1 == i0 (the box's last pixel) the weights add up
+    return m
 
 
 _THREADS = 256
