@@ -77,7 +77,7 @@ def test_split_normalises_with_the_training_part_only():
 
 def test_a_dataset_without_a_test_split_needs_val_split_and_tests_on_the_held_out_part():
     data = dataset(n_test=0)
-    with pytest.raises(DatasetError, match="no test split.*--val-split FRACTION"):
+    with pytest.raises(DatasetError, match="the test split is empty.*--val-split FRACTION"):
         prepare(data, None, 0)
     held = prepare(data, 0.2, 0)
     assert held.val_is_test and held.x_test is held.x_val and len(held.y_test) == 20

@@ -111,7 +111,7 @@ def prepare(data, fraction, seed):
     check_fraction(fraction)
     if fraction is None:
         if not has_test_split(data):
-            raise DatasetError(f"{data.name} has no test split (0 test images); give --val-split FRACTION "
+            raise DatasetError(f"{data.name}: the test split is empty (0 images); give --val-split FRACTION "
                                f"to hold out part of the training images to validate and test on")
         return data
     return split(data, fraction, seed)
