@@ -153,3 +153,20 @@ def test_dataset_without_test_split_end_to_end(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "held-out 0.2 of the training images" in out
     assert float(out.split("accuracy ")[1].split()[0]) == pytest.approx(val_acc, abs=1e-4)
+
+
+def test_plot_draws_the_validation_curve(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+
+    from gpucnn.plot import plot
+
+    metrics = tmp_path / "m.jsonl"
+    metrics.write_text("".join(json.dumps({"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.5, "val_loss": 1.1 / e,
+                                           "val_acc": 0.4, "test_loss": 1.2 if e == 3 else None,
+                                           "test_acc": 0.45 if e == 3 else None}) + "\n" for e in (1, 2, 3)))
+    drawn = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, *a, **k: drawn.append(k["label"]) or real(self, *a, **k))
+    plot(str(metrics), str(tmp_path / "c.png"))
+    assert drawn == ["train", "val", "test"] * 2
