@@ -2,7 +2,6 @@
 images, rank 0's verdict is every rank's, and the job equals one process."""
 import json
 
-
 from gpucnn.checkpoint import load_checkpoint
 from test_distributed import RUN, TOL, max_diff, mnist_npz, mpirun, needs_mnist, needs_mpirun, ok, single  # noqa: F401
 
