@@ -115,3 +115,16 @@ def test_save_best_needs_a_checkpoint_and_never_replaces_a_users_file(tmp_path, 
 def test_early_stop_below_one_is_refused(capsys):
     assert cli.main([*TINY, "--val-split", "0.2", "--early-stop", "0", "--no-save"]) == 2
     assert "--early-stop must be at least 1" in capsys.readouterr().err
+
+
+def test_a_damaged_monitor_in_a_checkpoint_is_refused(tmp_path, capsys):
+    from gpucnn.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "c.ckpt"
+    assert cli.main([*TINY, "--val-split", "0.2", "--early-stop", "2", "--epochs", "3", "--stop-after", "1",
+                     "--save", str(ckpt)]) == 0
+    saved = load_checkpoint(ckpt)
+    saved["meta"]["monitor"]["waited"] = -4
+    save_checkpoint(ckpt, model_state=saved["model_state"], optim_state=saved["optim_state"], meta=saved["meta"])
+    assert cli.main([*TINY, "--resume", str(ckpt)]) == 2
+    assert "its saved run is damaged (monitor is" in capsys.readouterr().err

@@ -135,9 +135,11 @@ def test_dataset_without_test_split_end_to_end(tmp_path, monkeypatch, capsys):
 
     real = data_module.load
 
-    def no_test(*args, **kwargs):
+    def no_test(*args, **kwargs):  # memory-mapped, as the folder cache hands them over
         d = real(*args, **kwargs)
-        return Dataset(d.name, d.x_train, d.y_train, d.x_train[:0], d.y_train[:0], d.classes)
+        numpy.save(tmp_path / "x.npy", d.x_train)
+        mapped = numpy.load(tmp_path / "x.npy", mmap_mode="r")
+        return Dataset(d.name, mapped, d.y_train, mapped[:0], d.y_train[:0], d.classes)
 
     monkeypatch.setattr(data_module, "load", no_test)
     ckpt = tmp_path / "c.ckpt"
