@@ -106,7 +106,7 @@ def test_resize_matches_pytorchs_bilinear(rng):
     numpy.testing.assert_array_equal(out[0], x[0][..., ::-1] if flips[0] else x[0])  # the whole image: unchanged
 
 
-def test_resize_matches_pillows_bilinear_box_resize(rng):
+def test_resize_matches_pillows_bilinear(rng):
     """An independent resampler: Pillow's float ('F') images, cropped then resized (a resize
     from a box would read past the box's edges, which torchvision's crop-then-resize does not)."""
     Image = pytest.importorskip("PIL.Image")
