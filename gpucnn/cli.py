@@ -18,6 +18,7 @@ TRAIN_DEFAULTS = {
     "seed": 0, "augment": None, "dtype": "float32",
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
     "image_size": None, "channels": None, "fit": "stretch",  # folders of images (#17): what changes pixels
+    "val_split": None, "save_best": False, "early_stop": None, "augmentation": "crop-flip",  # trainflow (#17)
 }
 # gpucnn.models.MODELS and gpucnn.optim.OPTIMIZERS, named without importing them (see the module docstring)
 MODEL_CHOICES = ["small", "lenet", "vgg_bn", "resnet20", "resnet56", "resnet9"]
@@ -48,6 +49,7 @@ def _train_parser(sub):
                    help="keep an exponential moving average of the weights (e.g. 0.999), updated every step, "
                         "evaluated each epoch and saved in the checkpoint (default: off)")
     _sample_flags(p)
+    _trainflow_flags(p)
     _backend_flags(p)
     p.add_argument("--graph", action=argparse.BooleanOptionalAction, default=os.environ.get("GPUCNN_GRAPH", "1") != "0",
                    help="capture each training step in a CUDA graph on the cupy backend (default: on; env GPUCNN_GRAPH=0 turns it off)")
@@ -103,7 +105,9 @@ def _step_flags(p):
 def _sample_flags(p):
     d = TRAIN_DEFAULTS
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                   help="random crop (pad 4) and flip on the device (default: on for cifar10 only)")
+                   help="augment the training images on the device, as --augmentation says (default: on for cifar10, "
+                        "or when --augmentation is given; off otherwise, folders of images included: for photos, "
+                        "--augmentation rrc-flip is the usual choice)")
     p.add_argument("--seed", type=int, help=f"seed of weights, shuffling and augmentation (default: {d['seed']})")
     p.add_argument("--dtype", choices=["float32", "float64"],
                    help=f"float type of weights, activations and gradients; float64 is for checking results, and "
@@ -136,6 +140,32 @@ def _folder_options(args, config=None, ranks_here=1):
             "fit": config.get("fit") or "stretch", "strict_images": getattr(args, "strict_images", False),
             "workers": args.workers or max(1, default_workers() // ranks_here), "no_cache": args.no_cache,
             "progress": not getattr(args, "no_progress", False)}
+
+
+# --augmentation's choices and help (gpucnn.data.augment.KINDS names them; a test keeps the two equal).
+AUGMENTATION_HELP = {
+    "crop-flip": "pad 4 with zeros, random crop back to size, random horizontal flip (CIFAR's)",
+    "rrc-flip": "random-resized-crop (torchvision's RandomResizedCrop: 8-100%% of the area, aspect 3/4-4/3, "
+                "bilinear, back to size) and random horizontal flip",
+}
+
+
+def _trainflow_flags(p):
+    p.add_argument("--augmentation", choices=list(AUGMENTATION_HELP), help="which augmentation --augment applies: "
+                   + "; ".join(f"{k}: {v}" for k, v in AUGMENTATION_HELP.items())
+                   + " (default: crop-flip; naming one turns --augment on)")
+    p.add_argument("--val-split", type=float, metavar="FRACTION",
+                   help="hold out this stratified part of the training images (drawn from --seed): each epoch reports "
+                        "val_loss and val_acc, the test split is scored once, after the last epoch; required for a "
+                        "dataset without a test split, whose held-out part is then its test split (default: none)")
+    p.add_argument("--save-best", action="store_true", default=None,
+                   help="also keep the checkpoint of the epoch with the best val_acc, as SAVE-STEM.best.ckpt "
+                        "(needs --val-split; default: off)")
+    p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
+                   help="gather (and on cupy, send on a second stream) the next batch while the current step runs; "
+                        "the batches are the same either way (default: on)")
+    p.add_argument("--early-stop", type=int, metavar="N",
+                   help="stop after N epochs without a higher val_acc (needs --val-split; default: off)")
 
 
 def _distributed_flags(p):
@@ -366,7 +396,7 @@ def _config(args):
     if config["epochs"] is None:
         config["epochs"] = 30 if config["dataset"] == "digits" else 10
     if config["augment"] is None:
-        config["augment"] = config["dataset"] == "cifar10"
+        config["augment"] = "augmentation" in given or config["dataset"] == "cifar10"
     return config, start, ckpt
 
 
@@ -402,11 +432,14 @@ def _train(args, comm):
     from gpucnn.optim import make_optimizer, make_schedule
     from gpucnn.recipe import Recipe
     from gpucnn.train import TrainingStopped, fit
+    from gpucnn import best
+    from gpucnn.data import split
 
     if args.init_from and args.resume:
         raise GpucnnError("--init-from starts a new run; --resume continues one: give one of them")
     config, start, ckpt = _config(args)
     config["graph"] = bool(args.graph)
+    config["prefetch"] = bool(args.prefetch)  # changes no result: a resumed run may differ
     config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
     same_run.agree_on_flags(comm, args, config, start)  # before any rank writes, returns or skips a step
@@ -415,17 +448,20 @@ def _train(args, comm):
         from gpucnn.tensorboard_log import check_directory
 
         args.tensorboard = check_directory(args.tensorboard, args.tensorboard_every, resumed=ckpt is not None)
+    best_path = best.check_outputs(config, save, args)
     if args.init_from:
         from gpucnn.init_from import check_source
 
         check_source(args.init_from)  # a missing file is told before the data loads
-    done = validate.finished(start, config, args.stop_after, args.resume)
+    done = validate.finished(start, config, args.stop_after, args.resume) or best.stopped_early(ckpt, args.resume)
     if done:
         print(done)
         return 0
     data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir,
                 folder_options=_folder_options(args, config, comm.local_size))
     config.update(data.pixels or {})  # a folder's size and channels as found, so eval and predict see the same
+    validate.check_splits(data, ("train",))
+    data = split.prepare(data, config["val_split"], config["seed"])  # a dataset without a test split needs one
     validate.check_splits(data)
     if ckpt is not None:
         validate.check_data_fits(data, ckpt, args.resume)
@@ -466,7 +502,7 @@ def _train(args, comm):
 
     macs = total_multiply_adds(model, data.x_train.shape[1:])
     print(f"gpucnn: {config['model']} ({model.num_parameters():,} parameters, {macs:,} multiply-adds an image) on {data.name} "
-          f"({len(data.y_train):,} train / {len(data.y_test):,} test, {'x'.join(map(str, data.x_train.shape[1:]))}), "
+          f"({split.sizes(data)}, {'x'.join(map(str, data.x_train.shape[1:]))}), "
           f"backend {backend.name()}" + (", CUDA graphs" if backend.name() == "cupy" and config["graph"] else "")
           + (f", {comm.size} ranks (global batch {config['batch_size']})" if comm.size > 1 else ""))
     from gpucnn.sinks import open_sinks
@@ -478,7 +514,8 @@ def _train(args, comm):
     try:
         fit(model, optimizer, schedule, data, config, start=start, save_path=save,
             sinks=sinks, progress=not args.no_progress and comm.rank == 0,
-            stop_after=args.stop_after, comm=comm, ema=recipe.ema)
+            stop_after=args.stop_after, comm=comm, ema=recipe.ema,
+            monitor=best.from_checkpoint(ckpt, config, args.resume) if config["val_split"] else None, best_path=best_path)
     except TrainingStopped as e:
         print(f"gpucnn: {e}", file=sys.stderr)
         return 1
@@ -493,6 +530,7 @@ def cmd_eval(args):
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
     from gpucnn.evaluation import predict
+    from gpucnn.data import split
 
     validate.check_eval_settings(args)
     images = eval_report.check_outputs(args, args.dataset if _is_path(args.dataset) else None)
@@ -502,6 +540,7 @@ def cmd_eval(args):
     name = args.dataset or config["dataset"]
     data = load(name, data_dir=args.data_dir or (config.get("data_dir") if name == config["dataset"] else None),
                 cache_dir=args.cache_dir, folder_options=_folder_options(args, config))
+    data, scored = split.for_eval(data, config)
     validate.check_splits(data, ("test",))
     classes = validate.check_data_fits(data, ckpt, args.checkpoint)
     try:
@@ -529,7 +568,7 @@ def cmd_eval(args):
     names = list(data.classes) + [str(i) for i in range(len(data.classes), classes)]
     how = ", ".join(w for w, on in (("moving-average weights", args.ema), ("flip TTA", tta)) if on)
     eval_report.show(args, predictions, names, data.x_test, images,
-                     header=f"{args.checkpoint} on {data.name} test set ({len(data.y_test):,} images{'; ' + how if how else ''})",
+                     header=f"{args.checkpoint} on {data.name} {scored} ({len(data.y_test):,} images{'; ' + how if how else ''})",
                      about={"checkpoint": args.checkpoint, "dataset": data.name, "ema": bool(args.ema), "tta": bool(tta)})
     return 0
 

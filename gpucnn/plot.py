@@ -98,9 +98,11 @@ def plot(metrics_path, out_path):
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
-        for split, marker in (("train", "o-"), ("test", "s-")):
-            # null (a non-finite value) is a gap in the curve
-            ax.plot(epochs, [float("nan") if r[f"{split}_{key}"] is None else r[f"{split}_{key}"] for r in rows],
+        for split, marker in (("train", "o-"), ("val", "^-"), ("test", "s-")):
+            if split == "val" and not any("val_loss" in r for r in rows):  # a run without --val-split
+                continue
+            # null (a non-finite value, or a test split scored only at the end) is a gap in the curve
+            ax.plot(epochs, [float("nan") if r.get(f"{split}_{key}") is None else r[f"{split}_{key}"] for r in rows],
                     marker, label=split)
         ax.set_xlabel("epoch")
         ax.set_title(title)

@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import time
+from functools import partial
 
 import numpy
 from tqdm import tqdm
@@ -147,7 +148,7 @@ class _Interrupt:
 
 
 def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None, metrics_path=None,
-        log=print, progress=True, stop_after=None, comm=None, ema=None, sinks=None):
+        log=print, progress=True, stop_after=None, comm=None, ema=None, sinks=None, monitor=None, best_path=None):
     """Train for config['epochs'] epochs; return the list of per-epoch metric dicts.
 
     `start` (from a checkpoint) holds epoch, step (batches done in that epoch) and the
@@ -160,6 +161,11 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
 
     `sinks` (gpucnn.sinks.Sinks) get every epoch's record and, every N steps, the step's
     loss and learning rate; fit closes them. Without it, rank 0 appends to `metrics_path`.
+
+    `data` with a validation part (gpucnn.data.split): each epoch is scored on it, and the
+    test split only after the run's last epoch. `monitor` (gpucnn.best.Monitor) watches its
+    val_acc: saved in every checkpoint; an improvement writes `best_path` first; its
+    patience running out ends the run early.
     """
     epochs = config["epochs"]
     steps_per_epoch = num_batches(len(data.y_train), config["batch_size"], drop_last=False)
@@ -175,15 +181,16 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
 
     written = []  # the positions this run saved at
 
-    def checkpoint(epoch, step, sums):
-        if save_path is None:
+    def checkpoint(epoch, step, sums, path=save_path):
+        if path is None:
             return
         if comm.rank == 0:  # rank 0 writes; the others wait at the barrier until the file is whole
-            _save(epoch, step, sums)
+            _save(epoch, step, sums, path)
         comm.barrier()
-        written.append(epoch * steps_per_epoch + step)
+        if path == save_path:
+            written.append(epoch * steps_per_epoch + step)
 
-    def _save(epoch, step, sums):
+    def _save(epoch, step, sums, path):
         meta = {"config": config, "epoch": epoch, "step": step, **sums, "global_step": epoch * steps_per_epoch + step,
                 # what eval checks a dataset against before building the net
                 "input_shape": [int(d) for d in data.x_train.shape[1:]], "num_classes": len(data.classes),
@@ -193,7 +200,9 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 "classes": [str(c) for c in data.classes]}
         if ema is not None:
             meta["ema"] = ema.state_dict()
-        save_checkpoint(save_path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
+        if monitor is not None:
+            meta["monitor"] = monitor.state_dict()
+        save_checkpoint(path, model_state=model.state_dict(), optim_state=optimizer.state_dict(), meta=meta)
 
     stream = getattr(step_fn, "stream", None)
     # A diverging run overflows inside NumPy; the loss check reports it in words.
@@ -210,15 +219,18 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
             sums = {k: start[k] for k in _ZERO_SUMS} if resumed else dict(_ZERO_SUMS)
             epoch_run = _Epoch(step_fn, optimizer, schedule, epoch, steps_per_epoch, sums, config, progress, sync, sinks,
                                images=len(data.y_train))
+            augment = config.get("augment", False) and config.get("augmentation", "crop-flip")
             batches = iterate(data.x_train, data.y_train, config["batch_size"], shuffle=True, seed=config["seed"],
-                              epoch=epoch, mean=data.mean, std=data.std, augment=config.get("augment", False),
-                              skip=first, shard=(comm.rank, comm.size) if sync else None, dtype=_dtype(model))
+                              epoch=epoch, mean=data.mean, std=data.std, augment=augment,
+                              skip=first, shard=(comm.rank, comm.size) if sync else None, dtype=_dtype(model),
+                              prefetch=config.get("prefetch", True))
             if sync:
                 batches = sync.announce(batches, len(data.y_train), config["batch_size"], first, interrupt)
             try:
                 # A divergence names the checkpoint only if it is this run's: written by it, or resumed from.
                 kept = save_path if written or start["epoch"] or start["step"] else None
-                sums = epoch_run.run(batches, first, interrupt, kept)
+                with contextlib.closing(batches):  # an early exit stops the prefetch thread too
+                    sums = epoch_run.run(batches, first, interrupt, kept)
             except _StopRequested:  # after a whole step; a second Ctrl-C stops without saving
                 step, sums = epoch_run.position()
                 _average_buffers(comm, model, ema)
@@ -227,27 +239,52 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                     + (f"; checkpoint saved to {save_path} (continue with --resume {save_path})" if save_path else ""))
                 raise
             _average_buffers(comm, model, ema)  # one model is evaluated and saved
-            test_loss, test_acc, _ = evaluate(model, data.x_test, data.y_test, data.mean, data.std,
-                                              classes=len(data.classes), tta=config.get("tta", False), comm=comm)
             row = {
                 "epoch": epoch + 1, "train_loss": sums["loss_sum"] / sums["seen"],
-                "train_acc": sums["correct"] / sums["seen"], "test_loss": test_loss, "test_acc": test_acc,
+                "train_acc": sums["correct"] / sums["seen"], "test_loss": None, "test_acc": None,
                 "seconds": round(sums["seconds"], 3), "images_per_s": round(sums["seen"] / max(sums["seconds"], 1e-9), 1),
                 "lr": optimizer.lr,
             }
-            if ema is not None:
-                with ema.swapped():
-                    row["ema_test_loss"], row["ema_test_acc"], _ = evaluate(
-                        model, data.x_test, data.y_test, data.mean, data.std, classes=len(data.classes),
-                        tta=config.get("tta", False), comm=comm)
+            held = getattr(data, "x_val", None) is not None
+            scored = partial(_scores, model, config, comm, ema, len(data.classes), data.mean, data.std)
+            row.update(scored("val", data.x_val, data.y_val) if held else scored("test", data.x_test, data.y_test))
+            improved = monitor is not None and monitor.update(epoch + 1, row["val_acc"], comm)
+            end = epoch + 1 == min(epochs, stop_after or epochs) or (monitor is not None and monitor.stopped)
+            if held and end:  # the test split is scored once, after the run's last epoch
+                row.update({k.replace("val", "test"): v for k, v in row.items() if "val_" in k} if data.val_is_test
+                           else scored("test", data.x_test, data.y_test))
             history.append(row)
-            log(f"epoch {epoch + 1}/{epochs} - {sums['seconds']:.1f}s - loss {row['train_loss']:.4f} - acc "
-                f"{row['train_acc']:.4f} - test_loss {test_loss:.4f} - test_acc {test_acc:.4f} - "
-                + (f"ema_test_acc {row['ema_test_acc']:.4f} - " if ema is not None else "")
-                + f"{row['images_per_s']:,.0f} img/s")
+            log(epoch_line(row, epochs, sums["seconds"], held and end and data.val_is_test))
+            if improved and best_path:  # before the last checkpoint, which records it as written
+                checkpoint(epoch + 1, 0, dict(_ZERO_SUMS), best_path)
             checkpoint(epoch + 1, 0, dict(_ZERO_SUMS))  # first: a failing metrics write must not cost it
             sinks.epoch(row, step=(epoch + 1) * steps_per_epoch)
+            if monitor is not None and monitor.stopped:
+                log(monitor.reason())
+                break
     return history
+
+
+def _scores(model, config, comm, ema, classes, mean, std, split, x, y):
+    """{split}_loss and {split}_acc of the model (and ema_{split}_... of its average) on x, y."""
+    tta = config.get("tta", False)
+    loss, acc, _ = evaluate(model, x, y, mean, std, classes=classes, tta=tta, comm=comm)
+    out = {f"{split}_loss": loss, f"{split}_acc": acc}
+    if ema is not None:
+        with ema.swapped():
+            out[f"ema_{split}_loss"], out[f"ema_{split}_acc"], _ = evaluate(model, x, y, mean, std, classes=classes,
+                                                                           tta=tta, comm=comm)
+    return out
+
+
+def epoch_line(row, epochs, seconds, val_is_test=False):
+    """The line printed after an epoch, from its metrics row (scores it lacks are left out)."""
+    scores = " - ".join(f"{k} {row[k]:.4f}" for k in ("val_loss", "val_acc", "test_loss", "test_acc",
+                                                      "ema_val_acc", "ema_test_acc") if row.get(k) is not None)
+    return (f"epoch {row['epoch']}/{epochs} - {seconds:.1f}s - loss {row['train_loss']:.4f} - acc "
+            f"{row['train_acc']:.4f} - {scores} - "
+            + ("(test = the held-out part: the dataset has no test split) - " if val_is_test else "")
+            + f"{row['images_per_s']:,.0f} img/s")
 
 
 def _average_buffers(comm, model, ema):

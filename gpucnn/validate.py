@@ -25,10 +25,13 @@ SETTINGS = {
     "min_lr": ("float", 0), "seed": ("int", 0), "augment": ("bool?", None), "graph": ("bool?", None),
     "label_smoothing": ("float", 0), "peak_fraction": ("float", 0), "tta": ("bool?", None), "ema": ("float?", None),
     "sync_bn": ("bool?", None), "image_size": ("str?", None), "channels": ("int?", 1), "fit": ("str", None),
+    "val_split": ("float?", 0), "save_best": ("bool?", None), "early_stop": ("int?", 1), "augmentation": ("str", None),
+    "prefetch": ("bool?", None),
 }
 # Upper ends of the recipe's settings, each (low, high, whether the ends are allowed), as the
 # loss, the EMA and the schedule check them; peak_fraction matters only to onecycle.
-RANGES = {"label_smoothing": (0.0, 1.0, True), "ema": (0.0, 1.0, False), "peak_fraction": (0.0, 1.0, False)}
+RANGES = {"label_smoothing": (0.0, 1.0, True), "ema": (0.0, 1.0, False), "peak_fraction": (0.0, 1.0, False),
+          "val_split": (0.0, 1.0, False)}
 # What a checkpoint's configuration must hold; the rest take TRAIN_DEFAULTS when absent.
 REQUIRED = ("model", "dataset", "epochs", "batch_size", "optimizer", "lr", "schedule", "seed")
 # A checkpoint's position in its run: key -> kind, all >= 0.
@@ -76,6 +79,10 @@ def check_train_settings(config, stop_after=None):
         if not inside:
             ends = f"[{low:g}, {high:g}]" if closed else f"({low:g}, {high:g})"
             raise GpucnnError(f"{_flag(key)} must be in {ends}, got {value}")
+    from gpucnn.data.augment import KINDS
+
+    if config.get("augmentation", "crop-flip") not in KINDS:
+        raise GpucnnError(f"--augmentation must be one of {', '.join(KINDS)}, got {config['augmentation']!r}")
     if stop_after is not None and stop_after < 1:
         raise GpucnnError(f"--stop-after must be at least 1, got {stop_after}")
 
@@ -177,7 +184,9 @@ def check_splits(data, splits=("train", "test")):
     for split in splits:
         if len(getattr(data, f"y_{split}")) == 0:
             raise DatasetError(f"{data.name}: the {split} split is empty (0 images); "
-                               f"{'training' if split == 'train' else 'evaluation'} needs at least one")
+                               f"{'training' if split == 'train' else 'evaluation'} needs at least one"
+                               + ("" if split == "train" else " (a run trained with --val-split is evaluated on "
+                                                              "its held-out part instead)"))
 
 
 def saved_model_io(ckpt):
