@@ -15,6 +15,7 @@ import numpy
 from gpucnn import backend
 from gpucnn.data.npzfile import read_npz
 from gpucnn.errors import GpucnnError, short
+from gpucnn.finite import check_finite
 from gpucnn.outputs import check_output, write_atomically
 
 FORMAT = "gpucnn-checkpoint"
@@ -73,7 +74,8 @@ def load_checkpoint(path):
     """Read a checkpoint: {"model_state": {key: array}, "optim_state": ..., "meta": {...}}.
 
     Raises CheckpointError (naming the file) if it is missing, unreadable, truncated,
-    corrupt, not a gpucnn checkpoint, or written by a newer format version.
+    corrupt, not a gpucnn checkpoint, written by a newer format version, or holds a NaN or
+    infinite number in any array (named by its entry, e.g. model/3.weight).
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -110,6 +112,7 @@ def load_checkpoint(path):
     version = tree.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}; this gpucnn reads up to {VERSION} (upgrade gpucnn)")
+    check_finite(entries, path, CheckpointError)  # weights, optimiser state, EMA: before any work
     model = _decode(tree.get("model"), entries, path)
     if not isinstance(model, dict) or not all(isinstance(v, numpy.ndarray) for v in model.values()):
         raise CheckpointError(f"{path}: its model state is not a dict of arrays")

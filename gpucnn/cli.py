@@ -182,9 +182,14 @@ def main(argv=None):
     from gpucnn.errors import GpucnnError
     from gpucnn.host_memory import keep_freed_memory
 
+    from gpucnn.stdout import BROKEN_PIPE_EXIT, StdoutClosed, guarded_stdout
+
     keep_freed_memory()
     try:
-        return args.func(args) or 0
+        with guarded_stdout(keep_going=args.func is cmd_train):  # a run's product is its checkpoint
+            return args.func(args) or 0
+    except StdoutClosed:  # `gpucnn predict ... | head -1`: the reader has all it wanted
+        return BROKEN_PIPE_EXIT
     except GpucnnError as e:
         print(f"gpucnn: error: {e}", file=sys.stderr)
         return 2
@@ -259,10 +264,11 @@ def _train(args, comm):
     config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
     save, metrics_out = validate.check_train_outputs(args, config)
+    weights = None
     if args.init_from:
-        from gpucnn.init_from import check_source
+        from gpucnn.init_from import read_weights
 
-        check_source(args.init_from)  # a missing file is told before the data loads
+        weights = read_weights(args.init_from)  # a missing or damaged file is told before the data loads
     done = validate.finished(start, config, args.stop_after, args.resume)
     if done:
         print(done)
@@ -286,7 +292,7 @@ def _train(args, comm):
     if args.init_from:
         from gpucnn.init_from import init_from
 
-        print(f"initialised from {args.init_from} ({init_from(model, args.init_from)} arrays)")
+        print(f"initialised from {args.init_from} ({init_from(model, args.init_from, weights)} arrays)")
     if ckpt is not None:
         validate.check_resume_position(start, steps_per_epoch, args.resume)
         check_model_state(ckpt["model_state"], model.state_dict(), args.resume)

@@ -98,7 +98,7 @@ class Graph:
 
     def weight(self, array, name):
         """An initializer holding `array` (a layer's parameter or buffer), under `name`."""
-        a = numpy.ascontiguousarray(backend.to_numpy(array))
+        a = _c_order(backend.to_numpy(array))
         self.initializers.append(self.onnx.numpy_helper.from_array(a, self._unique(name)))
         return self.initializers[-1].name
 
@@ -121,6 +121,12 @@ class Graph:
             name = f"{base}_{n}"
         self._names.add(name)
         return name
+
+
+def _c_order(a):
+    """`a` in C order, its shape kept: numpy.ascontiguousarray makes a 0-d array 1-d, which
+    turned BatchNorm's num_batches_tracked () into (1,) in every export."""
+    return numpy.asarray(a, order="C")
 
 
 def _key(where, name):
@@ -311,7 +317,7 @@ def is_our_onnx(path):
 def safetensors_bytes(model, metadata):
     """The .safetensors file of model.state_dict() with `metadata` plus gpucnn's marker."""
     st = _safetensors_numpy()
-    state = {k: numpy.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    state = {k: _c_order(v) for k, v in model.state_dict().items()}
     return st.save(state, metadata={**metadata, "producer": PRODUCER, "gpucnn_version": gpucnn.__version__,
                                     "format": "pt"})
 
