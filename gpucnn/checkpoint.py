@@ -16,6 +16,7 @@ from gpucnn import backend
 from gpucnn.data.npzfile import read_npz
 from gpucnn.errors import GpucnnError, short
 from gpucnn.finite import check_finite
+from gpucnn.pathkind import kind, link_problem
 from gpucnn.outputs import check_output, write_atomically
 
 FORMAT = "gpucnn-checkpoint"
@@ -78,12 +79,15 @@ def load_checkpoint(path):
     infinite number in any array (named by its entry, e.g. model/3.weight).
     """
     path = os.fspath(path)
+    link = link_problem(path)
+    if link:
+        raise CheckpointError(f"{path}: is {link}, not a checkpoint file")
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not os.path.isfile(path):  # a FIFO or device would block or never end
-        raise CheckpointError(f"{path}: is not a regular file (a device, FIFO or socket), not a checkpoint file")
+        raise CheckpointError(f"{path}: is not a regular file ({kind(os.stat(path).st_mode)}), not a checkpoint file")
     try:
         with open(path, "rb") as f:
             magic = f.read(4)

@@ -18,6 +18,7 @@ import numpy
 from gpucnn.checkpoint import CheckpointError, check_model_state
 from gpucnn.errors import GpucnnError, short
 from gpucnn.finite import check_finite
+from gpucnn.pathkind import kind, link_problem
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on its JSON header
@@ -32,8 +33,10 @@ def check_source(path):
     before the data loads); returns the path as a string."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InitFromError(f"--init-from {path}: " + ("not a regular file (a folder, FIFO or device)"
-                                                        if os.path.exists(path) else "no such file"))
+        link = link_problem(path)
+        what = (f"is {link}" if link else f"not a regular file ({kind(os.stat(path).st_mode)})"
+                if os.path.exists(path) else "no such file")
+        raise InitFromError(f"--init-from {path}: {what}")
     if not path.lower().endswith((".safetensors", *TORCH_SUFFIXES)):
         raise InitFromError(f"--init-from {path}: unknown weights format; expected .safetensors or a PyTorch "
                             f"state_dict ({', '.join(TORCH_SUFFIXES)})")
