@@ -135,3 +135,23 @@ def test_a_pickle_refusal_does_not_advise_unsafe_loading(tmp_path):
     with pytest.raises(InitFromError, match="holds Python objects other than tensors") as e:
         read_weights(tmp_path / "numpy.pt")
     assert "weights_only" not in str(e.value) and "\x1b" not in str(e.value)
+
+
+def test_predict_never_prints_a_nan_probability(tmp_path, capsys):
+    """Finite weights can still overflow float32: that image is reported as skipped, and no
+    line holds NaN (which is no JSON)."""
+    Image = pytest.importorskip("PIL.Image")
+    from gpucnn.predict import predict_files
+    from gpucnn.trained import Trained
+
+    init.seed(0)
+    model = models.build("small", (1, 8, 8), 10).eval()
+    model.layers[-1].params["weight"][...] = 3e38  # finite, and overflows the logits of any non-blank image
+    Image.fromarray(numpy.full((8, 8), 255, numpy.uint8)).save(tmp_path / "white.png")
+    trained = Trained(model, "small", (1, 8, 8), [str(i) for i in range(10)], numpy.zeros(1, numpy.float32),
+                      numpy.ones(1, numpy.float32), "")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's overflow warnings would be printed raw, with source lines
+        got = list(predict_files(trained, [tmp_path / "white.png"], progress=False))
+    assert got == [(tmp_path / "white.png", "the net's outputs for it are not finite numbers "
+                                            "(its weights or this image overflow float32)")]
