@@ -182,3 +182,20 @@ def test_class_names_must_match_the_nets_outputs_without_num_classes(ckpt, tmp_p
         numpy.savez(f, **arrays)
     assert cli.main(["export", "--checkpoint", str(tmp_path / "old.ckpt"), "-o", str(tmp_path / "m.safetensors")]) == 2
     assert "its meta names 3 classes for a net with 10 outputs" in capsys.readouterr().err
+
+
+def test_is_our_onnx_answers_for_any_damage(ckpt, tmp_path):
+    """Property: for a damaged copy of an export, the head parser says yes or no, never raises."""
+    pytest.importorskip("onnx")
+    from test_reliability_fuzz import corrupt
+
+    from gpucnn.export import is_our_onnx
+
+    assert cli.main(["export", "--checkpoint", str(ckpt), "-o", str(tmp_path / "ours.onnx")]) == 0
+    good = (tmp_path / "ours.onnx").read_bytes()[:512]
+    rng = numpy.random.default_rng(0)
+    answers = set()
+    for i in range(300):
+        (tmp_path / "d.onnx").write_bytes(corrupt(good, rng))
+        answers.add(is_our_onnx(tmp_path / "d.onnx"))
+    assert answers == {True, False}  # damage past the name keeps it ours; damage to it does not
