@@ -16,8 +16,8 @@ from gpucnn import backend
 from gpucnn.data.npzfile import read_npz
 from gpucnn.errors import GpucnnError, short
 from gpucnn.finite import check_finite
-from gpucnn.pathkind import kind, link_problem
 from gpucnn.outputs import check_output, write_atomically
+from gpucnn.pathkind import kind, link_problem
 
 FORMAT = "gpucnn-checkpoint"
 VERSION = 1

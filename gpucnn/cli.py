@@ -181,7 +181,6 @@ def main(argv=None):
         os.environ["CUPY_TF32"] = "1"  # read by CuPy when it loads, which is after this
     from gpucnn.errors import GpucnnError
     from gpucnn.host_memory import keep_freed_memory
-
     from gpucnn.stdout import BROKEN_PIPE_EXIT, StdoutClosed, guarded_stdout
 
     keep_freed_memory()

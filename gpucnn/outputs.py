@@ -3,7 +3,8 @@
 A path may be written when nothing is there yet, or when what is there is a file of ours
 (the caller's `is_ours` reads the file's own marker, never its name). A symlink is followed:
 its target is replaced and the link is kept; a dangling one's target is created. Symlink
-loops, devices, FIFOs, sockets and directories are refused, each named as what it is. Writes are atomic: a hidden temporary beside the target, flushed, then renamed.
+loops, devices, FIFOs, sockets and directories are refused, each named as what it is.
+Writes are atomic: a hidden temporary beside the target, flushed, then renamed.
 """
 import contextlib
 import errno
@@ -67,12 +68,10 @@ def _mode(path, what):
     nothing: its target is created). A symlink loop is refused: it is not "nothing there"."""
     try:
         return os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):  # the latter: creating its directory will say why
-        return None
     except OSError as e:
         if e.errno == errno.ELOOP:
             raise OutputError(f"{path}: is {link_problem(path)}; refusing to write the {what} there") from None
-        raise OutputError(f"{path}: cannot be examined ({e.strerror}); cannot write the {what} there") from None
+        return None  # missing, or under a file or an unreadable folder: creating its directory says why
 
 
 def check_distinct(**paths):
