@@ -62,6 +62,9 @@ class _Guarded:
 def guarded_stdout(keep_going=False):
     """Run the body with sys.stdout guarded; flushes it before leaving, inside the guard."""
     real = sys.stdout
+    if real is None:  # started with descriptor 1 closed: print() already writes nowhere
+        yield None
+        return
     guarded = _Guarded(real, keep_going)
     sys.stdout = guarded
     try:

@@ -83,6 +83,14 @@ def test_a_closed_pipe_in_a_real_process_prints_nothing_at_exit(ckpt, images):
     assert [line for line in run.stderr.splitlines() if "backend" not in line] == [], run.stderr
 
 
+def test_a_process_started_without_stdout_runs_as_before(ckpt, images):
+    """`gpucnn ... >&-`: Python sets sys.stdout to None and print() writes nowhere."""
+    env = {**os.environ, "PYTHONPATH": ROOT, "GPUCNN_BACKEND": "numpy"}
+    run = subprocess.run([sys.executable, "-m", "gpucnn", "predict", "--checkpoint", str(ckpt), str(images)],
+                         stderr=subprocess.PIPE, text=True, env=env, timeout=120, preexec_fn=lambda: os.close(1))
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+
+
 @pytest.mark.parametrize("stdout", ["closed pipe", "full disk"])
 def test_training_carries_on_to_its_checkpoint(stdout, tmp_path, monkeypatch, capsys):
     out = _closed_pipe() if stdout == "closed pipe" else _full_disk()
