@@ -69,6 +69,12 @@ def guarded_stdout(keep_going=False):
     sys.stdout = guarded
     try:
         yield guarded
+    except BaseException:  # the command's own error is what to report; the flush only must not fail at exit
+        with contextlib.suppress(StdoutClosed, StdoutFailed):
+            if sys.stdout is guarded:
+                guarded.flush()
+        raise
+    else:
         if sys.stdout is guarded:
             guarded.flush()
     finally:

@@ -103,3 +103,21 @@ def test_training_carries_on_to_its_checkpoint(stdout, tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert rc == 0 and (tmp_path / "t.ckpt").exists()
     assert err.count("cannot write to standard output") == 1 and "Traceback" not in err, err
+
+
+def test_a_commands_own_error_is_what_propagates_and_nothing_is_left_to_fail_at_exit(monkeypatch):
+    from gpucnn.errors import GpucnnError
+    from gpucnn.stdout import guarded_stdout
+
+    out = _closed_pipe()
+    monkeypatch.setattr(sys, "stdout", out)
+    try:
+        with pytest.raises(GpucnnError, match="the command's own error"):
+            with guarded_stdout():
+                print("a result line")  # buffered: the closed pipe is met only when flushed
+                raise GpucnnError("the command's own error")
+        assert sys.stdout is out
+        out.flush()  # what the interpreter does at exit: its descriptor now writes to os.devnull
+    finally:
+        monkeypatch.undo()
+        out.close()
