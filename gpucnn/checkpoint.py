@@ -15,7 +15,9 @@ import numpy
 from gpucnn import backend
 from gpucnn.data.npzfile import read_npz
 from gpucnn.errors import GpucnnError, short
+from gpucnn.finite import check_finite
 from gpucnn.outputs import check_output, write_atomically
+from gpucnn.pathkind import kind, link_problem
 
 FORMAT = "gpucnn-checkpoint"
 VERSION = 1
@@ -73,15 +75,19 @@ def load_checkpoint(path):
     """Read a checkpoint: {"model_state": {key: array}, "optim_state": ..., "meta": {...}}.
 
     Raises CheckpointError (naming the file) if it is missing, unreadable, truncated,
-    corrupt, not a gpucnn checkpoint, or written by a newer format version.
+    corrupt, not a gpucnn checkpoint, written by a newer format version, or holds a NaN or
+    infinite number in any array (named by its entry, e.g. model/3.weight).
     """
     path = os.fspath(path)
+    link = link_problem(path)
+    if link:
+        raise CheckpointError(f"{path}: is {link}, not a checkpoint file")
     if not os.path.exists(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     if os.path.isdir(path):
         raise CheckpointError(f"{path}: is a directory, not a checkpoint file")
     if not os.path.isfile(path):  # a FIFO or device would block or never end
-        raise CheckpointError(f"{path}: is not a regular file (a device, FIFO or socket), not a checkpoint file")
+        raise CheckpointError(f"{path}: is not a regular file ({kind(os.stat(path).st_mode)}), not a checkpoint file")
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -110,6 +116,7 @@ def load_checkpoint(path):
     version = tree.get("version")
     if not isinstance(version, int) or version > VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}; this gpucnn reads up to {VERSION} (upgrade gpucnn)")
+    check_finite(entries, path, CheckpointError)  # weights, optimiser state, EMA: before any work
     model = _decode(tree.get("model"), entries, path)
     if not isinstance(model, dict) or not all(isinstance(v, numpy.ndarray) for v in model.values()):
         raise CheckpointError(f"{path}: its model state is not a dict of arrays")

@@ -355,10 +355,14 @@ def main(argv=None):
         os.environ["CUPY_TF32"] = "1"  # read by CuPy when it loads, which is after this
     from gpucnn.errors import GpucnnError
     from gpucnn.host_memory import keep_freed_memory
+    from gpucnn.stdout import BROKEN_PIPE_EXIT, StdoutClosed, guarded_stdout
 
     keep_freed_memory()
     try:
-        return args.func(args) or 0
+        with guarded_stdout(keep_going=args.func is cmd_train):  # a run's product is its checkpoint
+            return args.func(args) or 0
+    except StdoutClosed:  # `gpucnn predict ... | head -1`: the reader has all it wanted
+        return BROKEN_PIPE_EXIT
     except GpucnnError as e:
         print(f"gpucnn: error: {e}", file=sys.stderr)
         return 2
@@ -449,10 +453,11 @@ def _train(args, comm):
 
         args.tensorboard = check_directory(args.tensorboard, args.tensorboard_every, resumed=ckpt is not None)
     best_path = best.check_outputs(config, save, args)
+    weights = None
     if args.init_from:
-        from gpucnn.init_from import check_source
+        from gpucnn.init_from import read_weights
 
-        check_source(args.init_from)  # a missing file is told before the data loads
+        weights = read_weights(args.init_from)  # a missing or damaged file is told before the data loads
     done = validate.finished(start, config, args.stop_after, args.resume) or best.stopped_early(ckpt, args.resume)
     if done:
         print(done)
@@ -480,7 +485,7 @@ def _train(args, comm):
     if args.init_from:
         from gpucnn.init_from import init_from
 
-        print(f"initialised from {args.init_from} ({init_from(model, args.init_from)} arrays)")
+        print(f"initialised from {args.init_from} ({init_from(model, args.init_from, weights)} arrays)")
     if ckpt is not None:
         validate.check_resume_position(start, steps_per_epoch, args.resume)
         check_model_state(ckpt["model_state"], model.state_dict(), args.resume)

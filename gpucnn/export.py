@@ -31,6 +31,8 @@ from gpucnn.sequential import Sequential
 OPSET = 17
 IR_VERSION = 8  # the ONNX IR version that introduced opset 17, so older runtimes read the file
 PRODUCER = "gpucnn"
+PRODUCER_NAME_FIELD = 2  # ModelProto.producer_name; 1 is ir_version, 7 the graph
+ONNX_HEAD = 4096  # what is read of an existing -o FILE.onnx to tell whether gpucnn wrote it
 INPUT, LOGITS, PROBABILITIES = "input", "logits", "probabilities"
 FORMATS = (".onnx", ".safetensors")
 
@@ -99,7 +101,7 @@ class Graph:
 
     def weight(self, array, name):
         """An initializer holding `array` (a layer's parameter or buffer), under `name`."""
-        a = numpy.ascontiguousarray(backend.to_numpy(array))
+        a = _c_order(backend.to_numpy(array))
         self.initializers.append(self.onnx.numpy_helper.from_array(a, self._unique(name)))
         return self.initializers[-1].name
 
@@ -122,6 +124,12 @@ class Graph:
             name = f"{base}_{n}"
         self._names.add(name)
         return name
+
+
+def _c_order(a):
+    """`a` in C order, its shape kept: numpy.ascontiguousarray makes a 0-d array 1-d, which
+    turned BatchNorm's num_batches_tracked () into (1,) in every export."""
+    return numpy.asarray(a, order="C")
 
 
 def _key(where, name):
@@ -301,18 +309,54 @@ def to_onnx(model, input_shape, *, softmax=False, fold_bn=False, metadata=None):
 
 
 def is_our_onnx(path):
-    """Whether `path` is an ONNX model gpucnn exported (its producer_name says so)."""
+    """Whether `path` is an ONNX model gpucnn exported: its producer_name says so. Reads the
+    first ONNX_HEAD bytes only, never the model (a 3 GB file is not loaded to be refused)."""
     try:
-        return _onnx().load(path, load_external_data=False).producer_name == PRODUCER
-    except Exception:  # not protobuf, or not a model: not ours
+        with open(path, "rb") as f:
+            head = f.read(ONNX_HEAD)
+    except OSError:
         return False
+    return _leading_string(head, PRODUCER_NAME_FIELD) == PRODUCER.encode()
+
+
+def _leading_string(data, number):
+    """The bytes of length-delimited protobuf field `number` of the message starting `data`,
+    found among the fields before it, or None. Protobuf serialises fields in field-number order,
+    so producer_name comes second, after ir_version, within a few bytes of the start; parsing the
+    model (onnx.load) would need all of it."""
+    pos = 0
+    try:
+        while pos < len(data):
+            key, pos = _varint(data, pos)
+            field, wire = key >> 3, key & 7
+            if field > number or wire not in (0, 2):  # past it, or a kind ModelProto's first fields never are
+                return None
+            value, pos = _varint(data, pos)
+            if wire == 2:
+                if field == number:
+                    return data[pos:pos + value] if pos + value <= len(data) else None
+                pos += value
+    except IndexError:  # the prefix ends inside a varint
+        return None
+    return None
+
+
+def _varint(data, pos):
+    """(value, position after it) of the base-128 varint at data[pos]."""
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if byte < 0x80 or shift > 63:
+            return value, pos
 
 
 # --- safetensors ------------------------------------------------------------------------
 def safetensors_bytes(model, metadata):
     """The .safetensors file of model.state_dict() with `metadata` plus gpucnn's marker."""
     st = _safetensors_numpy()
-    state = {k: numpy.ascontiguousarray(v) for k, v in model.state_dict().items()}
+    state = {k: _c_order(v) for k, v in model.state_dict().items()}
     return st.save(state, metadata={**metadata, "producer": PRODUCER, "gpucnn_version": gpucnn.__version__,
                                     "format": "pt"})
 

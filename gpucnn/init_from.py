@@ -8,13 +8,18 @@ load_state_dict; the error lists every missing and unexpected key and every shap
 """
 import json
 import os
+import pickle
+import re
 import struct
+import warnings
 
 import numpy
 
 from gpucnn.checkpoint import CheckpointError, check_model_state
 from gpucnn.errors import GpucnnError, short
 from gpucnn.install_hint import install_hint
+from gpucnn.finite import check_finite
+from gpucnn.pathkind import kind, link_problem
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 MAX_SAFETENSORS_HEADER = 100 << 20  # safetensors' own limit on its JSON header
@@ -29,8 +34,10 @@ def check_source(path):
     before the data loads); returns the path as a string."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise InitFromError(f"--init-from {path}: " + ("not a regular file (a folder, FIFO or device)"
-                                                        if os.path.exists(path) else "no such file"))
+        link = link_problem(path)
+        what = (f"is {link}" if link else f"not a regular file ({kind(os.stat(path).st_mode)})"
+                if os.path.exists(path) else "no such file")
+        raise InitFromError(f"--init-from {path}: {what}")
     if not path.lower().endswith((".safetensors", *TORCH_SUFFIXES)):
         raise InitFromError(f"--init-from {path}: unknown weights format; expected .safetensors or a PyTorch "
                             f"state_dict ({', '.join(TORCH_SUFFIXES)})")
@@ -38,11 +45,11 @@ def check_source(path):
 
 
 def read_weights(path):
-    """{key: NumPy array} from a .safetensors or PyTorch state_dict file."""
+    """{key: NumPy array} from a .safetensors or PyTorch state_dict file; every value finite."""
     path = check_source(path)
-    if path.lower().endswith(".safetensors"):
-        return _read_safetensors(path)
-    return _read_torch(path)
+    state = _read_safetensors(path) if path.lower().endswith(".safetensors") else _read_torch(path)
+    check_finite(state, f"--init-from {path}", InitFromError)
+    return state
 
 
 def _read_safetensors(path):
@@ -115,27 +122,59 @@ def _read_torch(path):
     except ImportError:
         raise InitFromError(f"--init-from {path}: a PyTorch state_dict is read with torch, which is not "
                             f"installed; install torch, or convert the file to .safetensors") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError (a disallowed global), RuntimeError (not a torch file), ...
-        raise InitFromError(f"--init-from {path}: not a loadable PyTorch state_dict ({short(e)})") from None
-    if not isinstance(state, dict):
-        raise InitFromError(f"--init-from {path}: holds a {type(state).__name__}, not a state_dict "
-                            f"(a dict of tensors, as model.state_dict() gives)")
-    bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-    if bad:
-        hint = next((f"; the weights may be under {k!r}: save that entry alone" for k in bad
-                     if k in ("state_dict", "model_state_dict", "model")), "")
-        raise InitFromError(f"--init-from {path}: is not a state_dict: entries {bad[:8]} are not tensors{hint}")
-    # bfloat16 / float16 have no exact NumPy twin in every version: widen to float32, as the
-    # model would on loading anyway.
-    return {k: (v.float() if v.is_floating_point() and v.dtype not in (torch.float32, torch.float64) else v)
-            .detach().cpu().numpy() for k, v in state.items()}
+    # torch warns about its own internals here (TypedStorage, quantized dtypes), as raw Python
+    # warnings with source lines; they say nothing about the file, which is checked below.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # torch's message advises weights_only=False, which runs any code
+            raise InitFromError(f"--init-from {path}: not a loadable PyTorch state_dict (it holds Python objects "
+                                f"other than tensors and plain containers, which are not unpickled)") from None
+        except Exception as e:  # RuntimeError (not a torch file), EOFError (truncated), ...
+            raise InitFromError(f"--init-from {path}: not a loadable PyTorch state_dict ({_plain(short(e))})") from None
+        if not isinstance(state, dict):
+            raise InitFromError(f"--init-from {path}: holds a {type(state).__name__}, not a state_dict "
+                                f"(a dict of tensors, as model.state_dict() gives)")
+        bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+        if bad:
+            hint = next((f"; the weights may be under {k!r}: save that entry alone" for k in bad
+                         if k in ("state_dict", "model_state_dict", "model")), "")
+            raise InitFromError(f"--init-from {path}: is not a state_dict: entries {bad[:8]} are not tensors{hint}")
+        odd = [f"{k} is {why}" for k, v in state.items() if (why := _not_plain(v))]
+        if odd:
+            raise InitFromError(f"--init-from {path}: {'; '.join(odd[:4])}{' ...' if len(odd) > 4 else ''}; "
+                                f"only dense tensors holding values can be loaded")
+        # bfloat16 / float16 have no exact NumPy twin in every version: widen to float32, as the
+        # model would on loading anyway.
+        return {k: (v.float() if v.is_floating_point() and v.dtype not in (torch.float32, torch.float64) else v)
+                .detach().cpu().numpy() for k, v in state.items()}
 
 
-def init_from(model, path):
-    """Load the weights in `path` into `model`, strictly; returns how many arrays were loaded."""
-    state = read_weights(path)
+def _not_plain(t):
+    """Why tensor `t` has no plain array of values to load, or None when it has one."""
+    import torch
+
+    if t.is_meta:
+        return "a meta tensor (a shape without values: saved from a model never materialised)"
+    if t.is_nested:
+        return "a nested tensor"
+    if t.is_quantized:
+        return "a quantized tensor (save tensor.dequantize())"
+    if t.layout != torch.strided:
+        return f"a {str(t.layout).replace('torch.', '')} tensor (save tensor.to_dense())"
+    return None
+
+
+def _plain(text):
+    """`text` without the terminal colour codes torch puts in some messages."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def init_from(model, path, state=None):
+    """Load the weights in `path` (or `state`, read_weights(path) already read) into `model`,
+    strictly; returns how many arrays were loaded."""
+    state = read_weights(path) if state is None else state
     try:
         check_model_state(state, model.state_dict(), f"--init-from {path}")
     except CheckpointError as e:

@@ -2,16 +2,19 @@
 
 A path may be written when nothing is there yet, or when what is there is a file of ours
 (the caller's `is_ours` reads the file's own marker, never its name). A symlink is followed:
-its target is replaced and the link is kept. Devices, FIFOs, sockets and directories are
-refused. Writes are atomic: a hidden temporary beside the target, flushed, then renamed.
+its target is replaced and the link is kept; a dangling one's target is created. Symlink
+loops, devices, FIFOs, sockets and directories are refused, each named as what it is.
+Writes are atomic: a hidden temporary beside the target, flushed, then renamed.
 """
 import contextlib
+import errno
 import glob
 import os
 import stat
 import tempfile
 
 from gpucnn.errors import GpucnnError
+from gpucnn.pathkind import kind, link_problem
 
 
 class OutputError(GpucnnError, ValueError):
@@ -33,15 +36,17 @@ def check_output(path, *, what, is_ours):
         raise OutputError(f"empty path given for the {what}")
     if path.endswith(("/", os.sep)):
         raise OutputError(f"{path}: names a directory; give a file path for the {what}")
+    mode = _mode(path, what)
     real = os.path.realpath(path)
-    if os.path.lexists(real):
-        mode = os.stat(real).st_mode if os.path.exists(real) else 0
+    if mode is not None:
         if stat.S_ISDIR(mode):
             raise OutputError(f"{path}: is a directory; give a file path for the {what}")
         if not stat.S_ISREG(mode):
-            raise OutputError(f"{path}: is not a regular file (a device, FIFO, socket or broken link); refusing to write the {what} there")
+            raise OutputError(f"{path}: is {kind(mode)}, not a regular file; refusing to write the {what} there")
         if not is_ours(real):
             raise OutputError(f"{path}: already exists and is not a gpucnn {what}; refusing to overwrite it (choose another path or move the file)")
+    if mode is None and os.path.islink(path):  # name the link in what can still go wrong
+        path = f"{path} ({link_problem(path)})"
     _writable_directory(os.path.dirname(real) or ".", path, what, probe_name=os.path.basename(real))
     return real
 
@@ -78,6 +83,17 @@ def _writable_directory(directory, path, what, probe_name):
         os.unlink(probe)
     except OSError as e:
         raise OutputError(f"{path}: cannot create a file in {directory} ({e.strerror or e}); cannot write the {what}") from None
+
+
+def _mode(path, what):
+    """st_mode of what `path` leads to, None when nothing is there (a dangling symlink leads to
+    nothing: its target is created). A symlink loop is refused: it is not "nothing there"."""
+    try:
+        return os.stat(path).st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"{path}: is {link_problem(path)}; refusing to write the {what} there") from None
+        return None  # missing, or under a file or an unreadable folder: creating its directory says why
 
 
 def check_distinct(**paths):

@@ -54,8 +54,9 @@ def predict_arrays(trained, x, batch_size=256):
     model = trained.model.eval()
     out = []
     labels = numpy.zeros(len(x), dtype=numpy.int64)
-    for xb, _ in iterate(x, labels, batch_size, shuffle=False, seed=0, epoch=0, mean=trained.mean, std=trained.std):
-        out.append(softmax(backend.to_numpy(model.forward(xb)).astype(numpy.float64)))
+    with numpy.errstate(over="ignore", invalid="ignore"):  # an overflow is reported per image, not as a raw warning
+        for xb, _ in iterate(x, labels, batch_size, shuffle=False, seed=0, epoch=0, mean=trained.mean, std=trained.std):
+            out.append(softmax(backend.to_numpy(model.forward(xb)).astype(numpy.float64)))
     return numpy.concatenate(out) if out else numpy.zeros((0, len(trained.classes)))
 
 
@@ -87,10 +88,18 @@ def predict_files(trained, paths, *, top_k=3, invert=False, fit=None, batch_size
                 outcome.append((path, why))
             probs = iter(predict_arrays(trained, numpy.stack(images), batch_size) if images else [])
             for item in outcome:
-                yield item if isinstance(item, tuple) else _result(item, next(probs), trained.classes, k)
+                yield item if isinstance(item, tuple) else _result_or_why(item, next(probs), trained.classes, k)
             bar.update(len(chunk))
     finally:
         bar.close()
+
+
+def _result_or_why(path, p, classes, k):
+    """The result, or (path, why) when the net's outputs overflowed: a NaN is no probability
+    (and no JSON), and finite weights large enough can still overflow float32."""
+    if not numpy.isfinite(p).all():
+        return path, "the net's outputs for it are not finite numbers (its weights or this image overflow float32)"
+    return _result(path, p, classes, k)
 
 
 def _result(path, p, classes, k):

@@ -41,6 +41,10 @@ def load_trained(path):
         raise CheckpointError(f"{path}: holds a {name!r} net, which this gpucnn does not know "
                               f"(it knows {', '.join(models.MODELS)}); upgrade gpucnn")
     info = _described(meta, config, path)
+    units = validate.saved_model_io(ckpt)[2]
+    if units is not None and units != len(info["classes"]):
+        raise CheckpointError(f"{path}: its meta names {len(info['classes'])} classes for a net with {units} outputs "
+                              f"(its meta is damaged)")
     try:
         model = models.build(name, info["input_shape"], len(info["classes"]))
     except ValueError as e:

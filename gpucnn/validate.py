@@ -141,6 +141,8 @@ def check_saved_run(ckpt, path, *, for_resume):
         raise damaged(f"input_shape is {_clip(meta['input_shape'])}, not three integers 1..{MAX_SIDE}")
     if "num_classes" in meta and not (type(meta["num_classes"]) is int and 1 <= meta["num_classes"] <= MAX_CLASSES):
         raise damaged(f"num_classes is {_clip(meta['num_classes'])}, not an integer 1..{MAX_CLASSES:,}")
+    if "classes" in meta and (problem := classes_problem(meta["classes"], meta.get("num_classes"))):
+        raise damaged(f"classes {problem}")
     if not for_resume:
         return
     for key, kind in POSITION.items():
@@ -152,6 +154,21 @@ def check_saved_run(ckpt, path, *, for_resume):
         raise damaged(f"it is at epoch {meta['epoch']}, step {meta['step']} of a {config['epochs']}-epoch run")
     if meta["correct"] > meta["seen"]:
         raise damaged(f"{meta['correct']} correct of {meta['seen']} seen")
+
+
+def classes_problem(classes, count=None):
+    """Why `classes` is not a flat list of 1..MAX_CLASSES names (str, or int as some datasets
+    give them), `count` of them when given; None when it is."""
+    if not isinstance(classes, list) or not classes:
+        return f"is {_clip(classes)}, not a non-empty list of class names"
+    odd = [c for c in classes if isinstance(c, bool) or not isinstance(c, (str, int))]
+    if odd:
+        return f"holds {_clip(odd[0])}, not a class name (a string or an integer)"
+    if len(classes) > MAX_CLASSES:
+        return f"has {len(classes):,} names, more than {MAX_CLASSES:,}"
+    if type(count) is int and len(classes) != count:
+        return f"has {len(classes)} names for {count} classes"
+    return None
 
 
 def _number(v):
