@@ -27,7 +27,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"(?:^<!-- docs: (?P<mark>[^>]*?) -->\n)?^```(?P<lang>bash|python)\n(?P<body>.*?)^```", re.M | re.S)
 TIME_LIMIT = 240  # seconds a block may take: a 1-epoch run on tiny data takes a few here
-LAUNCHERS = ("mpirun", "mpiexec", "srun")
 
 
 def blocks(page):
@@ -63,7 +62,7 @@ def _commands_of(words):
     for i, w in enumerate(words):
         if skip:
             skip = False
-        elif w in (";", "&&", "||", "|", "&"):
+        elif w in (";", "&&", "||", "|", "&", ":"):  # ':' parts an MPI launcher's programs
             commands.append(current)
             current = []
         elif w and set(w) <= set("<>&"):
@@ -75,7 +74,7 @@ def _commands_of(words):
     commands.append(current)
     for command in commands:
         for i, w in enumerate(command):
-            if w.endswith("gpucnn") and (i == 0 or command[0] in LAUNCHERS or command[i - 1] == "-m"):
+            if w == "gpucnn" or w.endswith("/gpucnn"):  # a launcher's words before it are skipped
                 yield command[i + 1:]
                 break
 
@@ -226,5 +225,7 @@ def test_the_parse_check_catches_a_renamed_flag():
 
 
 def test_commands_are_cut_at_operators_and_redirections():
-    body = "gpucnn eval --checkpoint a.ckpt --json > r.json && python -m gpucnn check 2>/dev/null | head -1\n"
-    assert list(gpucnn_commands(body)) == [["eval", "--checkpoint", "a.ckpt", "--json"], ["check"]]
+    body = ("gpucnn eval --checkpoint a.ckpt --json > r.json && python -m gpucnn check 2>/dev/null | head -1\n"
+            "mpirun -n 1 gpucnn train --epochs 2 : -n 1 .venv/bin/gpucnn train --stop-after 1\n")
+    assert list(gpucnn_commands(body)) == [["eval", "--checkpoint", "a.ckpt", "--json"], ["check"],
+                                           ["train", "--epochs", "2"], ["train", "--stop-after", "1"]]
