@@ -328,6 +328,8 @@ def _predict_parser(sub):
                         "(default: the --fit the net was trained with on a folder of images, else stretch; bilinear "
                         "resampling, antialiased)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's logits with its horizontal flip's (default: as the run was trained, as eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _backend_flags(p)
     p.set_defaults(func=cmd_predict)
