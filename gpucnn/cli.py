@@ -209,8 +209,7 @@ def build_parser():
     p.add_argument("--cache-dir", help="download cache, and decoded image folders in its folders/ (default: ~/.cache/gpucnn)")
     _folder_flags(p, training=False)
     p.add_argument("--batch-size", type=int, default=1000, help="evaluation batch size (default: 1000)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average each image's logits with its horizontal flip's (default: as the run was trained)")
+    _tta_flag(p)
     p.add_argument("--ema", action="store_true", help="evaluate the checkpoint's moving average of the weights (train --ema)")
     _eval_view_flags(p)
     _backend_flags(p)
@@ -310,6 +309,12 @@ def _eval_view_flags(p):
     p.add_argument("--mistakes-count", type=int, default=25, metavar="N", help="images in the --mistakes grid (default: 25)")
 
 
+def _tta_flag(p):
+    """eval's and predict's --tta/--no-tta: None unless given, so each follows the run's own --tta."""
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's logits with its horizontal flip's (default: as the run was trained)")
+
+
 def _predict_parser(sub):
     p = sub.add_parser("predict", help="class probabilities of a checkpoint for image files",
                        description=f"Classify image files (PNG, JPEG, BMP, ... via Pillow: {install_hint('image')}). "
@@ -328,6 +333,7 @@ def _predict_parser(sub):
                         "(default: the --fit the net was trained with on a folder of images, else stretch; bilinear "
                         "resampling, antialiased)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    _tta_flag(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _backend_flags(p)
     p.set_defaults(func=cmd_predict)

@@ -24,7 +24,7 @@ from gpucnn.errors import GpucnnError
 from gpucnn.layers import (AvgPool2d, BatchNorm2d, Conv2d, Dropout, Flatten, GlobalAvgPool2d, Linear, MaxPool2d, ReLU,
                            Residual, Scale, Softmax)
 from gpucnn.init_from import safetensors_header
-from gpucnn.install_hint import install_hint
+from gpucnn.install_hint import require
 from gpucnn.outputs import check_output, write_atomically
 from gpucnn.sequential import Sequential
 
@@ -42,20 +42,12 @@ class ExportError(GpucnnError, ValueError):
 
 
 def _onnx():
-    try:
-        import onnx
-    except ImportError:
-        raise ExportError(f"exporting to ONNX needs the onnx package: {install_hint('onnx')}") from None
-    return onnx
+    return require("onnx", "onnx", "exporting to ONNX needs the onnx package", ExportError)
 
 
 def _safetensors_numpy():
-    try:
-        import safetensors.numpy
-    except ImportError:
-        raise ExportError(f"exporting to .safetensors needs the safetensors package: "
-                          f"{install_hint('safetensors')}") from None
-    return safetensors.numpy
+    return require("safetensors.numpy", "safetensors", "exporting to .safetensors needs the safetensors package",
+                   ExportError)
 
 
 # --- the converter registry ---------------------------------------------------------

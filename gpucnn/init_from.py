@@ -17,7 +17,7 @@ import numpy
 
 from gpucnn.checkpoint import CheckpointError, check_model_state
 from gpucnn.errors import GpucnnError, short
-from gpucnn.install_hint import install_hint
+from gpucnn.install_hint import require
 from gpucnn.finite import check_finite
 from gpucnn.pathkind import kind, link_problem
 
@@ -53,12 +53,10 @@ def read_weights(path):
 
 
 def _read_safetensors(path):
-    try:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-    except ImportError:
-        raise InitFromError(f"--init-from {path}: reading .safetensors needs the safetensors package: "
-                            f"{install_hint('safetensors')}") from None
+    load_file = require("safetensors.numpy", "safetensors",
+                        f"--init-from {path}: reading .safetensors needs the safetensors package", InitFromError).load_file
+    from safetensors import SafetensorError
+
     try:
         return {k: _widened(v) for k, v in load_file(path).items()}
     except TypeError as e:

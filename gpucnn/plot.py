@@ -7,7 +7,7 @@ format (its magic bytes say so), the same rule as every gpucnn output (gpucnn.ou
 import os
 
 from gpucnn.errors import GpucnnError
-from gpucnn.install_hint import install_hint
+from gpucnn.install_hint import require
 from gpucnn.metrics import read as read_metrics
 from gpucnn.outputs import check_distinct, check_output, write_atomically
 
@@ -60,14 +60,8 @@ def check_image_output(out_path, flag, **inputs):
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend, or the error saying how to install it."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise GpucnnError(f"plotting needs matplotlib: {install_hint('plot')}") from None
-    return plt
+    require("matplotlib", "plot", "plotting needs matplotlib").use("Agg")
+    return require("matplotlib.pyplot", "plot", "plotting needs matplotlib")
 
 
 def save_figure(fig, out_path, fmt):

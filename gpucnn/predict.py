@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 from gpucnn import backend
 from gpucnn.data import image
-from gpucnn.data.batches import iterate
 from gpucnn.data.image import FITS, UnreadableImage, pillow, printable, why_not_readable  # noqa: F401 (predict's API)
 from gpucnn.errors import GpucnnError
+from gpucnn.evaluation import batches
 from gpucnn.layers.softmax import softmax
 
 def image_paths(paths):
@@ -48,25 +48,27 @@ def read_image(path, input_shape, invert=False, fit="stretch", warn=None):
     return 1.0 - x if invert else x
 
 
-def predict_arrays(trained, x, batch_size=256):
+def predict_arrays(trained, x, batch_size=256, tta=None):
     """Softmax probabilities (N, classes), float64 on the host, for images x float32
-    (N, C, H, W) in 0..1, normalised and run in eval mode on the live backend."""
-    model = trained.model.eval()
+    (N, C, H, W) in 0..1: eval's loop (gpucnn.evaluation.batches) on the live backend, with
+    the flip TTA the run was trained with (trained.tta) unless `tta` says otherwise."""
+    tta = trained.tta if tta is None else tta
     out = []
     labels = numpy.zeros(len(x), dtype=numpy.int64)
     with numpy.errstate(over="ignore", invalid="ignore"):  # an overflow is reported per image, not as a raw warning
-        for xb, _ in iterate(x, labels, batch_size, shuffle=False, seed=0, epoch=0, mean=trained.mean, std=trained.std):
-            out.append(softmax(backend.to_numpy(model.forward(xb)).astype(numpy.float64)))
+        for logits, _, _ in batches(trained.model, x, labels, trained.mean, trained.std, batch_size=batch_size, tta=tta):
+            out.append(softmax(backend.to_numpy(logits).astype(numpy.float64)))
     return numpy.concatenate(out) if out else numpy.zeros((0, len(trained.classes)))
 
 
-def predict_files(trained, paths, *, top_k=3, invert=False, fit=None, batch_size=256, progress=True, warn=None):
+def predict_files(trained, paths, *, top_k=3, invert=False, fit=None, batch_size=256, progress=True, warn=None,
+                  tta=None):
     """Yield, in input order, a result dict per image or (path, error message) per failure.
 
     A result: {"path", "class", "index", "probability", "top_k": [{"class", "index",
     "probability"}, ...]}. Files are read and run `batch_size` at a time. warn(path, line)
     hears each warning Pillow raised while reading a file (default: dropped). fit None: as the
-    net's training images were (trained.fit)."""
+    net's training images were (trained.fit); tta None: as the run was trained (trained.tta)."""
     fit = fit or trained.fit
     entries = image_paths(paths)
     k = max(1, min(top_k, len(trained.classes)))
@@ -86,7 +88,7 @@ def predict_files(trained, paths, *, top_k=3, invert=False, fit=None, batch_size
                     except UnreadableImage as e:
                         why = str(e)
                 outcome.append((path, why))
-            probs = iter(predict_arrays(trained, numpy.stack(images), batch_size) if images else [])
+            probs = iter(predict_arrays(trained, numpy.stack(images), batch_size, tta) if images else [])
             for item in outcome:
                 yield item if isinstance(item, tuple) else _result_or_why(item, next(probs), trained.classes, k)
             bar.update(len(chunk))
@@ -130,7 +132,8 @@ def run(args, print_fn=print):
         print(f"gpucnn: {printable(path)}: warning: {line}", file=sys.stderr)
 
     for item in predict_files(trained, args.images, top_k=args.top_k, invert=args.invert, fit=args.fit,
-                              batch_size=args.batch_size, progress=not args.no_progress, warn=warn):
+                              batch_size=args.batch_size, progress=not args.no_progress, warn=warn,
+                              tta=args.tta):
         if isinstance(item, tuple):
             skipped += 1
             print(f"gpucnn: {printable(item[0])}: {item[1]}; skipped", file=sys.stderr)

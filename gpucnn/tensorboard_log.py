@@ -14,11 +14,10 @@ import glob
 import os
 
 from gpucnn.errors import GpucnnError
-from gpucnn.install_hint import install_hint
+from gpucnn.install_hint import require
 from gpucnn.outputs import check_output_directory
 
 EVENTS = "*tfevents*"
-INSTALL = f"TensorBoard logging needs tensorboardX: {install_hint('tensorboard')}"
 # The hparams dashboard's metric columns (tags written every epoch).
 HPARAM_METRICS = ("epoch/test_acc", "epoch/test_loss", "epoch/train_acc", "epoch/train_loss")
 
@@ -28,10 +27,7 @@ def check_directory(path, every, *, resumed):
     A missing tensorboardX is told here, before any work."""
     if every < 1:
         raise GpucnnError(f"--tensorboard-every must be at least 1, got {every}")
-    try:
-        import tensorboardX  # noqa: F401
-    except ImportError:
-        raise GpucnnError(INSTALL) from None
+    require("tensorboardX", "tensorboard", "TensorBoard logging needs tensorboardX")
 
     def problem(real):
         # Only DIR itself: TensorBoard shows each sub-directory as a run of its own.

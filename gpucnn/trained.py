@@ -23,6 +23,7 @@ class Trained:
     std: numpy.ndarray     # float32 (C,)
     path: str              # the checkpoint it came from
     fit: str = "stretch"   # how its training images were brought to size (a folder run's --fit)
+    tta: bool = False      # whether the run evaluates with flip TTA (train --tta), as eval does by default
 
 
 def load_trained(path):
@@ -55,7 +56,8 @@ def load_trained(path):
     check_model_state(ckpt["model_state"], model.state_dict(), path)
     model.load_state_dict(ckpt["model_state"])
     fit = config.get("fit") if config.get("fit") in ("stretch", "crop", "pad") else "stretch"
-    return Trained(model.eval(), name, info["input_shape"], info["classes"], info["mean"], info["std"], path, fit)
+    return Trained(model.eval(), name, info["input_shape"], info["classes"], info["mean"], info["std"], path, fit,
+                   bool(config.get("tta", False)))
 
 
 def _described(meta, config, path):

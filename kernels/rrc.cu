@@ -1,11 +1,12 @@
 // Random-resized-crop with horizontal flip (see gpucnn/data/augment.py, which is its NumPy
 // twin and says the rule): each image's box (top, left, h, w) resized back to H x W,
 // bilinear with half-pixel centres clamped at the box's edges (PyTorch's align_corners=False).
-// One thread per output element, in a grid-stride loop. params: (B, 5) int32 rows of
+// One thread per output element, in a grid-stride loop (grid_stride.cuh). params: (B, 5) int32 rows of
 // top, left, h, w, flip. The arithmetic is float32 whatever scalar_t is, as on NumPy.
 #ifndef scalar_t
 #define scalar_t float
 #endif
+#include "grid_stride.cuh"
 
 __device__ inline void rrc_axis(int out_index, int out_size, int start, int size, int* i0, int* i1, float* frac)
 {
@@ -23,8 +24,7 @@ extern "C" __global__ void random_resized_crop(
     const scalar_t* __restrict__ x, scalar_t* __restrict__ y, const int* __restrict__ params,
     long long total, int C, int H, int W)
 {
-    const long long step = (long long)blockDim.x * gridDim.x;
-    for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < total; o += step) {
+    FOR_EACH_ELEMENT(o, total) {
         const int w = (int)(o % W);
         const int h = (int)((o / W) % H);
         const long long plane = o / ((long long)W * H);  // n * C + c

@@ -14,7 +14,7 @@
 #     mnist 45        LeNet on MNIST, one epoch (test accuracy, seconds from process start)
 #   The limits allow for a cold start, when CuPy compiles every kernel with NVRTC on first use
 #   (0.25 to 0.7 s each; its disk cache then serves later steps and later runs on the machine).
-#   Counted with tests/host/count_cold_kernels.py: nvrtc 14 compiles (7 files x 2 dtypes);
+#   Counted with tests/host/count_cold_kernels.py: nvrtc 16 compiles (8 files x 2 dtypes);
 #   check about 60 kernels (4 of gpucnn's modules, about 56 of CuPy's), up to 42 s; a LeNet
 #   training step about 34 (3 + 31), up to 24 s, in bench and in mnist if nothing before them
 #   compiled float32; gpu_tests both dtypes of nearly everything, estimated 130, up to 95 s.

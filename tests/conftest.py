@@ -1,3 +1,4 @@
+import gc
 import os
 
 os.environ.setdefault("GPUCNN_BACKEND", "numpy")
@@ -56,6 +57,17 @@ def on_cupy():
         yield backend.xp
     finally:
         backend.select("numpy")
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """tests/fake_cupy.py installed as cupy for one test; its value is the fake's call log.
+    Garbage is collected after it, so graphs and handles freed on the stand-in are freed now."""
+    import fake_cupy
+
+    log = fake_cupy.install(monkeypatch)
+    yield log
+    gc.collect()
 
 
 @pytest.fixture

@@ -1,19 +1,14 @@
-"""Random-resized-crop: torchvision's box rule, PyTorch's bilinear resize, the CUDA kernel
-on the host, and the (seed, epoch) draws that keep a resumed run bit-exact."""
+"""Random-resized-crop: torchvision's box rule, PyTorch's bilinear resize, the CUDA kernel on a
+GPU (on the host: tests/test_kernels_on_host.py), and the (seed, epoch) draws that keep a resumed
+run bit-exact."""
 import math
-import os
-import shutil
-import subprocess
 
 import numpy
 import pytest
 
-from gpucnn import kernels
 from gpucnn.data import augment
 from gpucnn.data.augment import RATIO, SCALE, TRIES, rrc_boxes, rrc_numpy
 from gpucnn.data.batches import epoch_plan
-
-HARNESS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "host", "rrc_on_host.cpp")
 
 
 class Recorded:
@@ -157,30 +152,7 @@ def test_help_names_the_choices(capsys):
     assert "rrc-flip: random-resized-" in out and "RandomResizedCrop: 8-100% of the area" in out
 
 
-# --- the kernel ----------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def rrc_exe(tmp_path_factory):
-    if shutil.which("g++") is None:
-        pytest.skip("g++ is not on PATH")
-    exe = tmp_path_factory.mktemp("host") / "rrc"
-    proc = subprocess.run(["g++", "-O1", "-std=c++17", "-Dscalar_t=float", f"-I{kernels.kernel_dir()}",
-                           "-x", "c++", HARNESS, "-o", str(exe)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe
-
-
-def test_kernel_on_the_host_matches_numpy(rrc_exe, rng):
-    x = rng.random((9, 2, 11, 14)).astype(numpy.float32)
-    boxes = rrc_boxes(rng, 9, 11, 14)
-    flips = rng.random(9) < 0.5
-    params = numpy.concatenate([boxes, flips[:, None]], axis=1).astype(numpy.int32)
-    proc = subprocess.run([str(rrc_exe), *map(str, x.shape)], input=x.tobytes() + params.tobytes(), capture_output=True)
-    assert proc.returncode == 0, proc.stderr
-    got = numpy.frombuffer(proc.stdout, numpy.float32).reshape(x.shape)
-    # the same float32 formula; only contraction into fused multiply-adds may differ
-    numpy.testing.assert_allclose(got, rrc_numpy(x, boxes, flips), rtol=0, atol=1e-6)
-
-
+# --- the kernel (on the host: tests/test_kernels_on_host.py) ----------------------------
 @pytest.mark.gpu
 def test_cupy_kernel_matches_numpy(on_cupy, rng):
     x = rng.random((16, 3, 32, 32)).astype(numpy.float32)

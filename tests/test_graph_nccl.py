@@ -2,7 +2,6 @@
 tests/fake_nccl.py): a failing rank reaches MPI_Abort while a graph holds the communicator,
 the loop destroys its graphs before the communicator can go, and what the loop writes for
 the step lands on the step's stream."""
-import gc
 
 import numpy
 import pytest
@@ -15,13 +14,6 @@ from gpucnn.distributed import NCCLCommunicator
 from gpucnn.layers import Dropout, Flatten, Linear, ReLU
 from gpucnn.optim import SGD
 from gpucnn.sequential import Sequential
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    log = fake_cupy.install(monkeypatch)
-    yield log
-    gc.collect()
 
 
 def _graphed_allreduce(fake):

@@ -86,13 +86,6 @@ class LoggingStep:
         self.log("release")
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    log = fake_cupy.install(monkeypatch)
-    yield log
-    gc.collect()
-
-
 def test_capture_starts_after_the_eager_step_is_released_and_freed(fake):
     from gpucnn.graph import GraphedStep
 

@@ -34,7 +34,8 @@ def test_no_hint_spells_the_package_by_its_index_name():
 
 
 def test_every_hinted_extra_exists_and_the_serve_extra_has_onnxruntime():
-    hinted = {m.group(1) for _, text in _sources() for m in re.finditer(r"install_hint\(['\"]([\w-]+)['\"]\)", text)}
+    hint = r"install_hint\(['\"]([\w-]+)['\"]\)|require\(\s*['\"][\w.]+['\"],\s*['\"]([\w-]+)['\"]"
+    hinted = {m.group(1) or m.group(2) for _, text in _sources() for m in re.finditer(hint, text)}
     assert {"gpu", "dist", "plot", "image", "onnx", "safetensors", "digits"} <= hinted
     assert hinted <= _extras(), hinted - _extras()
     assert "serve" in _extras()
@@ -45,3 +46,17 @@ def test_every_hinted_extra_exists_and_the_serve_extra_has_onnxruntime():
 
 def test_the_spelling():
     assert install_hint("plot") == 'pip install ".[plot]" (in the gpucnn clone)'
+
+
+def test_require_gives_the_module_or_the_error_with_the_hint(monkeypatch):
+    import pytest
+
+    from gpucnn.errors import GpucnnError
+    from gpucnn.install_hint import require
+
+    import json.decoder
+
+    assert require("json.decoder", "plot", "x") is json.decoder
+    monkeypatch.setitem(sys.modules, "json", None)  # a blocked package blocks its loaded submodules too
+    with pytest.raises(GpucnnError, match=r'^decoding needs json: pip install "\.\[plot\]" \(in the gpucnn clone\)$'):
+        require("json.decoder", "plot", "decoding needs json")

@@ -11,7 +11,7 @@ SOURCES = kernels.source_files()
 def test_kernel_sources_exist():
     names = {p.name for p in SOURCES}
     assert {"im2col.cu", "maxpool.cu", "batchnorm.cu", "batchnorm_elementwise.cu", "sgd.cu", "adam.cu",
-            "ema.cu"} <= names
+            "ema.cu", "rrc.cu"} <= names
 
 
 def test_no_cuda_source_is_written_inline_in_python():

@@ -13,6 +13,7 @@ import pytest
 
 import host_cupy
 from gpucnn import kernels
+from gpucnn.data import augment
 from gpucnn.ema import EMA
 from gpucnn.layers import BatchNorm2d, Conv2d, MaxPool2d
 from gpucnn.layers import batchnorm as batchnorm_module
@@ -270,6 +271,21 @@ def test_ema_kernel_follows_the_numpy_update(cupy_on_host, blocks, dtype, rtol, 
     for (_, _, a), (_, _, b) in zip(emas[0].averaged, emas[1].averaged):
         close(b, a, rtol=rtol)
 
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_random_resized_crop_kernel_follows_numpy(cupy_on_host, blocks, dtype, rng):
+    """augment.random_resized_crop on the CuPy path (kernels/rrc.cu, launched by rrc_cupy)
+    against rrc_numpy: boxes of every kind, flipped and not, images not square."""
+    x = rng.random((9, 2, 11, 14)).astype(dtype)
+    boxes = augment.rrc_boxes(rng, 9, 11, 14)
+    boxes[:3] = [[0, 0, 11, 14], [2, 3, 1, 1], [0, 5, 11, 2]]  # whole, one pixel, a strip
+    flips = rng.random(9) < 0.5
+    flips[:2] = [True, False]
+    got = augment.random_resized_crop(on_device(cupy_on_host, x), boxes, flips)
+    assert isinstance(got, cupy_on_host.ndarray) and got.dtype == dtype
+    # the same float32 formula; only contraction into fused multiply-adds may differ
+    numpy.testing.assert_allclose(numpy.asarray(got), augment.rrc_numpy(x, boxes, flips), rtol=0, atol=1e-6)
 
 def test_stand_in_refuses_arguments_of_the_wrong_c_type(cupy_on_host):
     """The check that makes a wrong argument order or dtype in the calling code fail here."""

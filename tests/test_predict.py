@@ -254,3 +254,30 @@ def test_truncated_and_unusual_files(tmp_path):
         read_image(tmp_path / "cut.jpg", (3, 8, 8))
     Image.new("CMYK", (4, 4), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")  # no ink: white paper
     assert read_image(tmp_path / "cmyk.jpg", (1, 8, 8)).min() > 0.95
+
+
+def test_predict_equals_eval_image_by_image_for_a_tta_run(mnist_run, tmp_path, capsys):
+    """A --tta run: eval averages each image's logits with its mirror's by default, so predict must too."""
+    from gpucnn.evaluation import predict as eval_predict
+
+    ckpt, xt, yt = mnist_run
+    tta_ckpt = tmp_path / "tta.ckpt"
+    assert cli.main(["train", "--dataset", str(ckpt.parent / "mnist1k.npz"), "--epochs", "1", "--batch-size", "32",
+                     "--no-progress", "--tta", "--save", str(tta_ckpt)]) == 0
+    trained = load_trained(str(tta_ckpt))
+    assert trained.tta
+    evals = eval_predict(trained.model, xt[:, None], yt, trained.mean, trained.std, classes=10, tta=True).probabilities
+    paths = _save(xt, tmp_path / "imgs", "png")
+    capsys.readouterr()
+
+    def predicted(*flags):
+        assert cli.main(["predict", "--checkpoint", str(tta_ckpt), *paths, "--json", "--top-k", "10", *flags]) == 0
+        rows = [json.loads(l)["top_k"] for l in capsys.readouterr().out.splitlines()]
+        return numpy.array([[t["probability"] for t in sorted(r, key=lambda t: t["index"])] for r in rows])
+
+    probs = predicted()
+    numpy.testing.assert_array_equal(probs.argmax(axis=1), evals.argmax(axis=1))  # image by image
+    numpy.testing.assert_allclose(probs, evals, atol=1e-5)
+    plain = eval_predict(trained.model, xt[:, None], yt, trained.mean, trained.std, classes=10, tta=False).probabilities
+    numpy.testing.assert_allclose(predicted("--no-tta"), plain, atol=1e-5)
+    assert not numpy.allclose(plain, evals, atol=1e-5)  # the flip changes the outputs: the check above can fail

@@ -97,9 +97,6 @@ def _interpolation_matrix(i0, i1, frac, size):
     return m
 
 
-_THREADS = 256
-
-
 def rrc_cupy(x, boxes, flips):
     """The same on CuPy, by kernels/rrc.cu (x float32 or float64, C-contiguous)."""
     from gpucnn import kernels
@@ -107,14 +104,11 @@ def rrc_cupy(x, boxes, flips):
     cupy = backend.cupy_module()
     x = cupy.ascontiguousarray(x)
     out = cupy.empty_like(x)
-    b, c, height, width = x.shape
+    _, c, height, width = x.shape
     params = cupy.asarray(numpy.concatenate([numpy.asarray(boxes, numpy.int32),
                                              numpy.asarray(flips, numpy.int32)[:, None]], axis=1))
-    total = out.size
-    blocks = max(1, min(-(-total // _THREADS), 65535))
-    kernels.get("rrc.cu", "random_resized_crop", x.dtype)(
-        (blocks,), (_THREADS,), (x, out, params, numpy.int64(total), numpy.int32(c), numpy.int32(height),
-                                 numpy.int32(width)))
+    kernels.launch("rrc.cu", "random_resized_crop", x.dtype, out.size,
+                   (x, out, params, numpy.int64(out.size), numpy.int32(c), numpy.int32(height), numpy.int32(width)))
     return out
 
 

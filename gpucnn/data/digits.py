@@ -9,18 +9,15 @@ image goes to the test set (a stratified 80/20 split: 1442 train, 355 test).
 import numpy
 
 from .errors import DatasetError
-from ..install_hint import install_hint
+from ..install_hint import require
 
 CLASSES = [str(i) for i in range(10)]
 
 
 def load():
     """(x_train, y_train, x_test, y_test, classes); x float32 (N, 1, 8, 8) in 0..1."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError:
-        raise DatasetError(f"the built-in 'digits' dataset needs scikit-learn: {install_hint('digits')}") from None
-    d = load_digits()
+    datasets = require("sklearn.datasets", "digits", "the built-in 'digits' dataset needs scikit-learn", DatasetError)
+    d = datasets.load_digits()
     x = (d.images.astype(numpy.float32) / 16.0)[:, None]  # (1797, 1, 8, 8)
     y = d.target.astype(numpy.int64)
     test = numpy.zeros(len(y), dtype=bool)

@@ -28,7 +28,7 @@ import warnings
 import numpy
 
 from gpucnn.errors import GpucnnError, short
-from gpucnn.install_hint import install_hint
+from gpucnn.install_hint import require
 
 FITS = ("stretch", "crop", "pad")
 MAX_PIXELS = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS default: about 0.25 GB for an RGB 8-bit decode
@@ -44,11 +44,8 @@ class UnreadableImage(ValueError):
 
 def pillow():
     """PIL.Image, or a GpucnnError naming the extra that installs it."""
-    try:
-        from PIL import Image, ImageOps  # noqa: F401 (loaded for _decode and _fit)
-    except ImportError:
-        raise GpucnnError(f"gpucnn reads images with Pillow, which is not installed: {install_hint('image')}") from None
-    return Image
+    require("PIL.ImageOps", "image", "gpucnn reads images with Pillow, which is not installed")  # for _decode and _fit
+    return require("PIL.Image", "image", "gpucnn reads images with Pillow, which is not installed")
 
 
 def extensions():
