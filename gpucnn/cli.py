@@ -225,7 +225,7 @@ def build_parser():
     p.add_argument("metrics", help="JSONL file written by gpucnn train --metrics-out")
     p.add_argument("-o", "--output", default="curves.png",
                    help="image to write, format from the suffix (.png .pdf .svg .eps .ps .jpg .tif .webp; none: .png is "
-                        "added); replaces only an image of that format; its directory is created if missing "
+                        "added); replaces only a figure gpucnn wrote, never a picture of yours; its directory is created if missing "
                         "(default: curves.png)")
     p.set_defaults(func=cmd_plot)
 
@@ -298,7 +298,7 @@ def _lr_find_parser(sub):
 
 
 def _eval_view_flags(p):
-    image = ("; format from the suffix as for plot -o, replaces only an image of that format (needs matplotlib: "
+    image = ("; format from the suffix as for plot -o, replaces only a figure gpucnn wrote (needs matplotlib: "
              + install_hint("plot") + ")")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document: accuracy, loss, per-class precision, recall, F1 and support, and the "

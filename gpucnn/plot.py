@@ -1,8 +1,9 @@
 """`gpucnn plot`: loss and accuracy curves from a --metrics-out JSONL file.
 
 The image format comes from the output's suffix (no suffix: .png is added, and the line
-printed says so). An existing output is replaced only when it already is an image of that
-format (its magic bytes say so), the same rule as every gpucnn output (gpucnn.outputs).
+printed says so). An existing output is replaced only when it is a figure gpucnn wrote (its
+magic bytes, and the mark every gpucnn figure carries in its metadata), the same rule as every
+gpucnn output (gpucnn.outputs): a picture of the user's with the same suffix never is.
 """
 import os
 
@@ -54,7 +55,7 @@ def check_image_output(out_path, flag, **inputs):
     (path, format)."""
     out_path, fmt = output_path(out_path)
     check_distinct(**inputs, **{flag: out_path})
-    check_output(out_path, what=f"{fmt} image", is_ours=lambda p: LOOKS_LIKE[fmt](_head(p)))
+    check_output(out_path, what=f"{fmt} image", is_ours=lambda p: is_our_figure(p, fmt))
     return out_path, fmt
 
 
@@ -64,24 +65,44 @@ def pyplot():
     return require("matplotlib.pyplot", "plot", "plotting needs matplotlib")
 
 
+# Every figure gpucnn writes carries this in its metadata, and only a file of the right format
+# that carries it is ever replaced: an image of the user's with the same suffix never is.
+MARK = "gpucnn figure"
+# Where each format keeps the mark: matplotlib's metadata, or Pillow's own field for the rest.
+_MARKED = {
+    "png": {"metadata": {"Software": MARK}},
+    "pdf": {"metadata": {"Creator": MARK}}, "svg": {"metadata": {"Creator": MARK}},
+    "eps": {"metadata": {"Creator": MARK}}, "ps": {"metadata": {"Creator": MARK}},
+    "jpeg": {"pil_kwargs": {"comment": MARK.encode()}},
+    "tiff": {"pil_kwargs": {"description": MARK}},
+    "webp": {"pil_kwargs": {"exif": b"Exif\x00\x00" + MARK.encode()}},
+}
+
+
 def save_figure(fig, out_path, fmt):
-    """Write `fig` to a path check_image_output returned (atomically), and close it."""
+    """Write `fig` to a path check_image_output returned (atomically, marked as gpucnn's), and close it."""
     import matplotlib.pyplot as plt
 
     try:
-        write_atomically(out_path, lambda f: fig.savefig(f, format=fmt, dpi=120), what=f"{fmt} image")
-    except (ValueError, ImportError, RuntimeError) as e:  # a format this matplotlib cannot write
+        write_atomically(out_path, lambda f: fig.savefig(f, format=fmt, dpi=120, **_MARKED[fmt]), what=f"{fmt} image")
+    except (ValueError, ImportError, RuntimeError, TypeError) as e:  # a format this matplotlib cannot write
         raise GpucnnError(f"{out_path}: matplotlib cannot write {fmt}: {e}") from None
     finally:
         plt.close(fig)
 
 
-def _head(path, n=4096):
+def is_our_figure(path, fmt, n=65536):
+    """An image of format `fmt` that gpucnn wrote: its magic bytes, and the mark in its first or
+    last 64 KB (a PDF's or WebP's metadata sits at the end), so the check reads at most 128 KB."""
     try:
         with open(path, "rb") as f:
-            return f.read(n)
+            head = f.read(n)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - n))
+            tail = f.read(n)
     except OSError:
-        return b""
+        return False
+    mark = MARK.encode()
+    return LOOKS_LIKE[fmt](head) and (mark in head or mark in tail)
 
 
 def plot(metrics_path, out_path):

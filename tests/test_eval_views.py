@@ -121,9 +121,11 @@ def test_images_are_written_and_json_stays_alone_on_stdout(checkpoint, tmp_path,
     out, err = capsys.readouterr()
     assert json.loads(out)["accuracy"] > 0 and f"wrote {cm}" in err and f"wrote {mk}" in err
     assert cm.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and b"<svg" in mk.read_bytes()[:4096]
-    cm.write_bytes(cm.read_bytes()[:8] + b"an older image")  # still a PNG by its magic: ours to replace
-    assert cli.main(["eval", "--checkpoint", str(checkpoint), "--confusion-matrix", str(cm)]) == 0
+    assert cli.main(["eval", "--checkpoint", str(checkpoint), "--confusion-matrix", str(cm)]) == 0  # ours: replaced
     assert f"wrote {cm}" in capsys.readouterr().out and len(cm.read_bytes()) > 1000
+    cm.write_bytes(cm.read_bytes()[:8] + b"a photo of the user's")  # a PNG by its magic, without gpucnn's mark
+    assert cli.main(["eval", "--checkpoint", str(checkpoint), "--confusion-matrix", str(cm)]) == 2
+    assert "not a gpucnn" in capsys.readouterr().err and cm.read_bytes().endswith(b"a photo of the user's")
 
 
 @pytest.mark.parametrize("flag", ["--confusion-matrix", "--mistakes"])

@@ -275,22 +275,32 @@ def test_plot_without_suffix_says_the_file_it_wrote(tmp_path, metrics):
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plot_replaces_its_own_image_and_creates_the_directory(tmp_path, metrics):
-    out = tmp_path / "figs" / "c.svg"
+@pytest.mark.parametrize("suffix", ["svg", "png", "pdf", "eps", "ps", "jpg", "tif", "webp"])
+def test_plot_replaces_its_own_image_and_creates_the_directory(tmp_path, metrics, suffix):
+    """Each format carries gpucnn's mark where the format keeps metadata, so a second plot finds
+    the first one its own; a plain picture of that format is refused (the next test)."""
+    from gpucnn.plot import FORMATS, LOOKS_LIKE
+
+    out = tmp_path / "figs" / f"c.{suffix}"
     for _ in range(2):
         r = gpucnn("plot", metrics, "-o", out)
         assert r.returncode == 0, r.stderr
-    assert b"<svg" in out.read_bytes()[:4096]
+    assert LOOKS_LIKE[FORMATS[suffix]](out.read_bytes()[:4096])
 
 
 @pytest.mark.parametrize("name, content", [("c.png", b"my holiday photo, not a png"),
                                            ("c.pdf", b"\x89PNG\r\n\x1a\n a png named .pdf"),
+                                           ("photo.png", "pillow"), ("photo.jpg", "pillow"),
                                            ("m.png", None)])
 def test_plot_does_not_overwrite_what_is_not_its_image(tmp_path, metrics, name, content):
     out = tmp_path / name
     if content is None:
         out = metrics.with_name("m.png")
         os.symlink(metrics, out)  # -o resolves to the metrics file itself
+    elif content == "pillow":  # a real picture of the user's, of the very format the suffix names
+        from PIL import Image
+
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(out)
     else:
         out.write_bytes(content)
     before = snapshot(tmp_path)
