@@ -5,6 +5,7 @@ Arguments are parsed before gpucnn.backend is imported, so --backend and --tf32 
 effect at start-up, the one moment the backend is chosen.
 """
 import argparse
+import errno
 import os
 import sys
 
@@ -374,6 +375,12 @@ def main(argv=None):
         return 2
     except KeyboardInterrupt as e:  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
         return 128 + int(getattr(e, "signum", 2))
+    except (MemoryError, OSError) as e:  # an array larger than the machine: said, not NumPy's traceback
+        if isinstance(e, OSError) and e.errno != errno.ENOMEM:
+            raise
+        print(f"gpucnn: error: not enough memory ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+              f"try a smaller --batch-size, image size or model", file=sys.stderr)
+        return 2
 
 
 def _config(args):

@@ -109,3 +109,12 @@ def test_summary_on_the_gpu_matches_numpy_counts(on_cupy):
     opt = make_optimizer("adam", model.parameters(), lr=1e-3)
     kept, grads = summary.step_memory(model, opt, (3, 32, 32), 10, 8)
     assert kept > 8 * 3 * 32 * 32 * 4 and grads == summary.parameter_bytes(model)
+
+
+def test_a_net_larger_than_memory_is_one_line_not_a_traceback(capsys):
+    """Sizes that cannot be allocated end as gpucnn's one-line error (issue 16: no traceback)."""
+    from gpucnn import cli
+
+    assert cli.main(["summary", "--model", "lenet", "--input-shape", "1,100000,100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpucnn: error: not enough memory") and "Traceback" not in err and err.count("\n") == 1
