@@ -28,7 +28,6 @@ class Dataset:
     classes: list
     mean: numpy.ndarray = field(default=None)
     std: numpy.ndarray = field(default=None)
-    has_test: bool = True   # False: the folder had no test split (x_test has 0 rows)
     pixels: dict = None     # a folder's pixel settings (image_size, channels, fit), saved in the run's config
 
     def __post_init__(self):
@@ -121,4 +120,4 @@ def load_folder(path, *, image_size=None, channels=None, fit="stretch", strict_i
     x_test, y_test = arrays.get("test", (numpy.zeros((0, *shape), numpy.uint8), numpy.zeros(0, numpy.int64)))
     pixels = {"image_size": f"{shape[1]}x{shape[2]}", "channels": shape[0], "fit": fit}
     return Dataset(os.path.basename(scan.root), *arrays["train"], x_test, y_test, list(scan.classes),
-                   mean, std, has_test=scan.has_test, pixels=pixels)
+                   mean, std, pixels=pixels)
