@@ -201,8 +201,9 @@ def _decode_chunk(task):
 
 
 def _check_outside(home, root):
-    real_home, real_root = os.path.realpath(home), os.path.realpath(root)
-    if os.path.commonpath([real_home, real_root]) == real_root:
+    from gpucnn.outputs import inside
+
+    if inside(home, root):
         raise DatasetError(f"{home}: the decoded cache would be written inside the image folder {root}, "
                            f"which gpucnn never writes into; pass --cache-dir elsewhere, or --no-cache")
 
