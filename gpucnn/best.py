@@ -5,7 +5,8 @@ improves when its val_acc is strictly higher than every earlier one's (Keras'
 ModelCheckpoint(monitor="val_acc", save_best_only=True) and EarlyStopping(patience=N)
 with min_delta 0). The monitor's state rides in each checkpoint (meta["monitor"]), so a
 resumed run keeps the best value and the count of epochs without improvement. Under
-mpirun, rank 0's verdict is given to every rank, so all of them stop after the same epoch.
+mpirun, rank 0's verdicts (improved, stopped) are given to every rank, so all of them stop
+after the same epoch; the ranks' resumed monitor states are compared first (same_run).
 """
 import os
 
@@ -65,16 +66,21 @@ class Monitor:
 
     def update(self, epoch, val_acc, comm=None):
         """Record epoch `epoch` (1-based); return whether it improved. With a communicator,
-        every rank calls this and takes rank 0's verdict (one allgather, on every rank)."""
+        every rank calls this and takes rank 0's verdicts, improved and stopped (one
+        allgather, on every rank)."""
         improved = self.best is None or val_acc > self.best
-        if comm is not None and comm.size > 1:
-            improved = bool(comm.allgather_object(improved)[0])
+        stopped = self._stops(0 if improved else self.waited + 1)
+        if comm is not None and comm.size > 1:  # rank 0's verdict: no rank stops on its own
+            improved, stopped = map(bool, comm.allgather_object((improved, stopped))[0])
         if improved:
             self.best, self.best_epoch, self.waited = float(val_acc), epoch, 0
         else:
             self.waited += 1
-        self.stopped = self.patience is not None and self.waited >= self.patience
+        self.stopped = stopped
         return improved
+
+    def _stops(self, waited):
+        return self.patience is not None and waited >= self.patience
 
     def reason(self):
         return (f"early stop: val_acc has not improved for {self.waited} epoch(s) "

@@ -459,7 +459,8 @@ def _train(args, comm):
     config["prefetch"] = bool(args.prefetch)  # changes no result: a resumed run may differ
     config["sync_bn"] = bool(args.sync_bn or config.get("sync_bn"))  # a resumed run keeps it
     validate.check_train_settings(config, args.stop_after)
-    same_run.agree_on_flags(comm, args, config, start)  # before any rank writes, returns or skips a step
+    same_run.agree_on_flags(comm, args, config, start,  # before any rank writes, returns or skips a step
+                            monitor=ckpt["meta"].get("monitor") if ckpt is not None else None)
     save, metrics_out = validate.check_train_outputs(args, config)
     if args.tensorboard:
         from gpucnn.tensorboard_log import check_directory

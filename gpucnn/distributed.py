@@ -414,13 +414,16 @@ def _fingerprint(model, optimizer, config, data):
 
     import gpucnn
     from gpucnn import backend
+    from gpucnn.same_run import dataset_fact
 
-    # data_dir may differ between machines; everything else must not
+    # data_dir and a dataset's path (so its file or folder name) may differ between machines;
+    # everything else must not
+    config = {**config, "dataset": dataset_fact(config.get("dataset"))}
     return {
         **{f"--{k.replace('_', '-')}": v for k, v in sorted(config.items()) if k != "data_dir"},
         "the model": [(key, tuple(a.shape), str(a.dtype)) for key, a in _named_arrays(model)],
         "the optimiser": (type(optimizer).__name__, sorted(optimizer.hyper.items())),
-        "the dataset (name, shapes, label checksums, classes)": (data.name, tuple(data.x_train.shape), str(data.x_train.dtype), tuple(data.x_test.shape),
+        "the dataset (shapes, label checksums, classes)": (tuple(data.x_train.shape), str(data.x_train.dtype), tuple(data.x_test.shape),
                  zlib.crc32(numpy.ascontiguousarray(data.y_train)), zlib.crc32(numpy.ascontiguousarray(data.y_test)),
                  [str(c) for c in data.classes]),
         "gpucnn's version and backend": (gpucnn.__version__, backend.name()),

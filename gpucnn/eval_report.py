@@ -14,6 +14,7 @@ import sys
 import numpy
 
 from gpucnn.errors import GpucnnError
+from gpucnn.outputs import check_outside
 from gpucnn.plot import check_image_output, pyplot, save_figure
 
 IMAGES = {"confusion_matrix": "--confusion-matrix", "mistakes": "--mistakes"}
@@ -21,13 +22,17 @@ IMAGES = {"confusion_matrix": "--confusion-matrix", "mistakes": "--mistakes"}
 
 def check_outputs(args, dataset_file=None):
     """Start-up check of eval's image flags; returns {key: (path, format)} for those given.
-    A missing matplotlib is told here, before any work."""
+    A missing matplotlib is told here, before any work; an image inside a --dataset FOLDER
+    is refused."""
     if args.mistakes_count < 1:
         raise GpucnnError(f"--mistakes-count must be at least 1, got {args.mistakes_count}")
     wanted = {key: getattr(args, key) for key in IMAGES if getattr(args, key)}
     if not wanted:
         return {}
     pyplot()
+    from gpucnn.data.datasets import image_folder
+
+    check_outside(image_folder(dataset_file) if dataset_file else None, **{IMAGES[k]: p for k, p in wanted.items()})
     inputs = {"--checkpoint": args.checkpoint, "--dataset": dataset_file}
     checked = {}
     for key, path in wanted.items():

@@ -108,6 +108,24 @@ def check_distinct(**paths):
         seen[real] = flag
 
 
+def inside(path, folder):
+    """Whether `path` is `folder` or lies under it, links resolved."""
+    real, top = os.path.realpath(os.fspath(path)), os.path.realpath(os.fspath(folder))
+    return os.path.commonpath([real, top]) == top
+
+
+def check_outside(folder, **paths):
+    """OutputError if one of the named paths (flag name -> path or None) lies inside the image
+    folder `folder` (or None): gpucnn never writes into a dataset, where a new folder would be
+    scanned as a class by the next run."""
+    if folder is None:
+        return
+    for flag, p in paths.items():
+        if p is not None and inside(p, folder):
+            raise OutputError(f"{p}: {flag} would be written inside the image folder {folder} (--dataset), "
+                              f"which gpucnn never writes into; give a path outside it")
+
+
 def write_atomically(path, write, what="file"):
     """Call write(binary_file) on a temporary beside `path` (its symlink target), then rename it
     over the target. A crash or an error leaves what was there before; temporaries that an

@@ -10,7 +10,7 @@ import math
 
 from gpucnn.data.labels import MAX_CLASSES
 from gpucnn.errors import GpucnnError
-from gpucnn.outputs import check_distinct, check_output
+from gpucnn.outputs import check_distinct, check_outside, check_output
 
 INT_LIMIT = 2**63  # every count and seed must fit NumPy's int64
 MAX_SIDE = 1 << 16  # of a saved input shape: larger is damage, not an image
@@ -95,13 +95,18 @@ def check_eval_settings(args):
 # --- outputs ------------------------------------------------------------------------------
 def check_train_outputs(args, config):
     """Check --save and --metrics-out at start-up: they may only be new files, or a gpucnn
-    checkpoint / metrics file; their directories are created. Returns (save, metrics)."""
+    checkpoint / metrics file, outside a --dataset FOLDER (with --tensorboard); their
+    directories are created. Returns (save, metrics)."""
     from gpucnn.checkpoint import is_checkpoint
     from gpucnn.metrics import is_metrics_file
 
     save = None if args.no_save else args.save or args.resume or "runs/last.ckpt"
     dataset = config["dataset"] if str(config["dataset"]).lower().endswith(".npz") else None
     check_distinct(**{"--dataset": dataset, "--save": save, "--metrics-out": args.metrics_out})
+    from gpucnn.data.datasets import image_folder
+
+    check_outside(image_folder(config["dataset"]),
+                  **{"--save": save, "--metrics-out": args.metrics_out, "--tensorboard": args.tensorboard})
     if args.resume and args.metrics_out:
         check_distinct(**{"--resume": args.resume, "--metrics-out": args.metrics_out})
     if save:

@@ -35,7 +35,8 @@ def single(*args, cwd=None):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Checkpoints after epoch 1 (A, and B: A with other weights) and after epoch 2 (done),
+    """Checkpoints after epoch 1 (A, B: A with other weights, and stopped: A with an early-stop
+    state that stopped) and after epoch 2 (done),
     and two weight files for --init-from."""
     d = tmp_path_factory.mktemp("runs")
     single("--stop-after", "1", "--save", str(d / "a.ckpt"))
@@ -43,6 +44,8 @@ def files(tmp_path_factory):
     a = load_checkpoint(d / "a.ckpt")
     save_checkpoint(d / "b.ckpt", model_state={k: v + 1 for k, v in a["model_state"].items()},
                     optim_state=a["optim_state"], meta=a["meta"])
+    meta = {**a["meta"], "monitor": {"best": 0.9, "best_epoch": 1, "waited": 1, "stopped": True}}
+    save_checkpoint(d / "stopped.ckpt", model_state=a["model_state"], optim_state=a["optim_state"], meta=meta)
     safetensors = pytest.importorskip("safetensors.numpy")
     for i in (0, 1):
         safetensors.save_file({k: numpy.ascontiguousarray(v + i) for k, v in a["model_state"].items()},
@@ -63,6 +66,9 @@ CASES = {
     "resume of other checkpoints": (["--resume", "{d}/a.ckpt", "--save", "{d}/r0.ckpt"],
                                     ["--resume", "{d}/b.ckpt", "--save", "{d}/r1.ckpt"],
                                     "the weights loaded (checksum)"),
+    "resume with another early-stop state": (["--resume", "{d}/a.ckpt", "--save", "{d}/r0.ckpt"],
+                                             ["--resume", "{d}/stopped.ckpt", "--save", "{d}/r1.ckpt"],
+                                             "the early-stop state saved in the checkpoint"),
     "init-from on one rank": ([], ["--init-from", "{d}/w0.safetensors"],
                               "whether the weights come from a file (--init-from)"),
     "init-from other files": (["--init-from", "{d}/w0.safetensors"], ["--init-from", "{d}/w1.safetensors"],
@@ -106,6 +112,23 @@ def test_flags_that_may_differ_between_ranks_still_train(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "epoch 2/2" in r.stdout
     assert (tmp_path / "a.ckpt").exists() and not (tmp_path / "b.ckpt").exists()
+
+
+@needs_mpirun
+def test_dataset_by_other_paths_and_per_rank_flags_still_train(tmp_path):
+    """The same .npz by another path, other --workers, --no-cache and --tensorboard-every: the
+    data is compared (synchronise_start), not the path text."""
+    rng = numpy.random.default_rng(0)
+    data = {"x_train": rng.integers(0, 256, (96, 1, 8, 8), numpy.uint8), "y_train": rng.integers(0, 3, 96),
+            "x_test": rng.integers(0, 256, (32, 1, 8, 8), numpy.uint8), "y_test": rng.integers(0, 3, 32)}
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        numpy.savez(tmp_path / where / "d.npz", **data)
+    r = two_ranks(["--no-save", "--dataset", "a/d.npz", "--workers", "1"],
+                  ["--no-save", "--dataset", str(tmp_path / "b" / "d.npz"), "--no-cache", "--tensorboard-every", "7"],
+                  cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "epoch 2/2" in r.stdout
 
 
 @needs_mpirun
@@ -158,3 +181,19 @@ def test_every_flag_of_train_is_compared_or_has_a_reason():
             assert "--" + dest.replace("_", "-") in facts, dest
     for dest in same_run.PER_RANK:
         assert dest in vars(args) or dest in cli.TRAIN_DEFAULTS, f"{dest} is not a flag of train"
+
+
+def test_paths_are_compared_by_what_they_decide():
+    """--tensorboard by whether it is given; --dataset FILE or FOLDER by its kind, a built-in by name;
+    the resumed early-stop state by its value."""
+    from gpucnn import cli, same_run
+
+    def facts(*argv, dataset="digits", monitor=None):
+        args = cli.build_parser().parse_args(["train", *argv])
+        return same_run.facts(args, {"epochs": 2, "dataset": dataset}, None, monitor)
+
+    assert facts("--tensorboard", "/a/tb") == facts("--tensorboard", "b/tb") != facts()
+    assert facts(dataset="/a/d.npz") == facts(dataset="/b/d.npz") != facts(dataset="/a/folder")
+    assert facts(dataset="/a/folder") == facts(dataset="/b/other") != facts(dataset="digits") != facts(dataset="mnist")
+    assert facts("--workers", "1", "--no-cache", "--tensorboard-every", "7") == facts()
+    assert facts(monitor={"best": 0.5, "best_epoch": 1, "waited": 0, "stopped": False}) != facts()

@@ -13,6 +13,7 @@ from folder_helpers import expected_arrays, mnist, tree, write_split  # noqa: E4
 from gpucnn import cli  # noqa: E402
 from gpucnn.data import DatasetError, load  # noqa: E402
 from gpucnn.data.datasets import load_folder  # noqa: E402
+from gpucnn.data.split import has_test_split  # noqa: E402
 
 
 def _load(root, tmp_path, **kw):
@@ -36,7 +37,7 @@ def test_train_test_layout_gives_the_digits_exactly(tmp_path, digits):
         ex, ey, _ = expected_arrays(test)
         numpy.testing.assert_array_equal(ds.x_test, ex)
         numpy.testing.assert_array_equal(ds.y_test, ey)
-        assert ds.classes == [str(c) for c in range(10)] and ds.has_test
+        assert ds.classes == [str(c) for c in range(10)] and has_test_split(ds)
         assert ds.pixels == {"image_size": "28x28", "channels": 1, "fit": "stretch"}
         assert ds.mean[0] == pytest.approx(x.mean() / 255, rel=1e-5)  # of the training split
         assert ds.std[0] == pytest.approx(x.std() / 255, rel=1e-4)
@@ -47,10 +48,10 @@ def test_val_folder_is_the_test_split_and_flat_layout_has_none(tmp_path, digits)
     write_split(tmp_path / "a" / "train", x, y)
     write_split(tmp_path / "a" / "val", xt, yt, ext="jpg", quality=95)
     ds = _load(tmp_path / "a", tmp_path)
-    assert len(ds.y_test) == len(yt) and ds.has_test
+    assert len(ds.y_test) == len(yt) and has_test_split(ds)
     flat = write_split(tmp_path / "flat", x, y)
     ds = _load(tmp_path / "flat", tmp_path)
-    assert not ds.has_test and ds.x_test.shape == (0, 1, 28, 28) and ds.y_test.shape == (0,)
+    assert not has_test_split(ds) and not hasattr(ds, "has_test") and ds.x_test.shape == (0, 1, 28, 28) and ds.y_test.shape == (0,)
     numpy.testing.assert_array_equal(ds.x_train, expected_arrays(flat)[0])
 
 

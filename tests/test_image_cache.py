@@ -183,3 +183,45 @@ def test_a_full_disk_is_an_error_before_decoding(folder, tmp_path, monkeypatch):
     with pytest.raises(cache.DatasetError, match=r"no room for the decoded cache .*No space left on device.*--no-cache"):
         _load(folder, tmp_path / "c")
     assert not calls and _caches(tmp_path / "c") == []
+
+
+def _dead_pid():
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_only_this_hosts_dead_builds_are_orphans(tmp_path):
+    """A cache folder shared between machines (NFS): another host's build is never removed,
+    even when its pid names no process here; this host's are, when their process is gone or
+    the pid now belongs to a process started at another time."""
+    import socket
+
+    host, key, dead = socket.gethostname(), "0" * 32, _dead_pid()
+    names = {"other host, its pid unknown here": f".tmp-{key}-node-b-{dead}-{dead}",
+             "other host, no start time": f".tmp-{key}-{host}x-{dead}-0",
+             "this host, alive": f".tmp-{key}-{cache._owner()}",
+             "this host, dead": f".tmp-{key}-{host}-{dead}-0",
+             "this host, pid reused": f".tmp-{key}-{host}-{os.getpid()}-{(cache._started(os.getpid()) or 0) + 1}",
+             "a cache": key}
+    for name in names.values():
+        (tmp_path / name).mkdir()
+    cache._remove_orphans(str(tmp_path))
+    kept = {what for what, name in names.items() if (tmp_path / name).exists()}
+    gone = {"this host, dead"} | ({"this host, pid reused"} if cache._started(os.getpid()) else set())
+    assert kept == set(names) - gone
+
+
+def test_a_build_is_named_by_host_pid_and_start(folder, tmp_path, monkeypatch):
+    import socket
+
+    seen = []
+    real = cache._decode_all
+
+    def spy(scan, shape, fit, workers, progress, out_dir):
+        seen.append(os.path.basename(out_dir))
+        return real(scan, shape, fit, workers, progress, out_dir)
+
+    monkeypatch.setattr(cache, "_decode_all", spy)
+    _load(folder, tmp_path / "c")
+    assert len(seen) == 1 and seen[0].endswith(f"-{socket.gethostname()}-{os.getpid()}-{cache._started(os.getpid()) or 0}")

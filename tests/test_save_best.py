@@ -1,5 +1,6 @@
 """--save-best and --early-stop: what they watch, what they write, and how they resume."""
 import json
+import threading
 
 import numpy
 import pytest
@@ -20,15 +21,49 @@ def test_monitor_counts_epochs_without_a_strictly_higher_val_acc():
     assert again.state_dict() == m.state_dict()
 
 
-def test_monitor_takes_rank_zeros_verdict():
-    class TwoRanks:
-        size = 2
+def lockstep(*monitors_and_updates):
+    """Run (monitor, [val_acc per epoch]) pairs as ranks 0, 1, ... in threads whose
+    allgather_object meets at a barrier, as MPI's does; returns each rank's update results."""
+    barrier, box = threading.Barrier(len(monitors_and_updates)), {}
+
+    class Rank:
+        size = len(monitors_and_updates)
+
+        def __init__(self, rank):
+            self.rank = rank
 
         def allgather_object(self, obj):
-            return [False, obj]  # rank 0 saw no improvement, whatever this rank saw
+            box[self.rank] = obj
+            barrier.wait()
+            out = [box[r] for r in range(self.size)]
+            barrier.wait()
+            return out
 
-    m = Monitor(patience=1)
-    assert m.update(1, 0.9, TwoRanks()) is False and m.stopped
+    results = {}
+
+    def run(rank, monitor, accs):
+        results[rank] = [monitor.update(e, acc, Rank(rank)) for e, acc in enumerate(accs, start=1)]
+
+    threads = [threading.Thread(target=run, args=(r, m, a)) for r, (m, a) in enumerate(monitors_and_updates)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return [results[r] for r in range(len(threads))]
+
+
+def test_monitor_takes_rank_zeros_verdict():
+    m0, m1 = Monitor(patience=1), Monitor(patience=1)
+    assert lockstep((m0, [0.5, 0.4]), (m1, [0.5, 0.9])) == [[True, False], [True, False]]
+    assert m1.stopped and m1.best == 0.5
+
+
+def test_monitor_stops_every_rank_when_rank_zero_stops():
+    """Ranks whose waited counts differ (resumed from different states): rank 0 decides."""
+    m0 = Monitor(2, {"best": 0.9, "best_epoch": 1, "waited": 1})
+    m1 = Monitor(2, {"best": 0.9, "best_epoch": 1, "waited": 0})
+    lockstep((m0, [0.5]), (m1, [0.5]))
+    assert m0.stopped and m1.stopped
 
 
 def test_best_path_sits_beside_the_checkpoint():

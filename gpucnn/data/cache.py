@@ -5,9 +5,12 @@ than memory trains with bounded memory. The key is a hash of every listed file (
 modification time, class) and of the settings that change pixels (C, H, W, fit): a changed,
 added or removed file, or another setting, gives another key and so a new cache.
 
-Atomic: a cache is built in a hidden .tmp-<key>-<pid> folder beside it and renamed into
-place only when complete (manifest last), so a killed scan never leaves a cache that a later
-run reads; its leftovers are removed by the next build once that process is gone.
+Atomic: a cache is built in a hidden .tmp-<key>-<host>-<pid>-<start> folder beside it and
+renamed into place only when complete (manifest last), so a killed scan never leaves a cache
+that a later run reads. Its leftovers are removed by the next build on the same host once that
+process is gone (no process <pid>, or one started at another time than <start>: the pid was
+reused); a cache folder shared between machines (NFS) keeps other hosts' builds, whose
+processes this host cannot see.
 """
 import contextlib
 import hashlib
@@ -15,6 +18,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 
 import numpy
@@ -73,7 +77,7 @@ def load(scan, shape, fit, *, cache_dir, workers, use_cache=True, progress=True)
         try:
             os.makedirs(home, exist_ok=True)
             _remove_orphans(home)
-            tmp = os.path.join(home, f".tmp-{os.path.basename(final)}-{os.getpid()}")
+            tmp = os.path.join(home, f".tmp-{os.path.basename(final)}-{_owner()}")
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         except OSError as e:
@@ -201,28 +205,50 @@ def _decode_chunk(task):
 
 
 def _check_outside(home, root):
-    real_home, real_root = os.path.realpath(home), os.path.realpath(root)
-    if os.path.commonpath([real_home, real_root]) == real_root:
+    from gpucnn.outputs import inside
+
+    if inside(home, root):
         raise DatasetError(f"{home}: the decoded cache would be written inside the image folder {root}, "
                            f"which gpucnn never writes into; pass --cache-dir elsewhere, or --no-cache")
 
 
+def _owner(pid=None):
+    """<host>-<pid>-<start> of this process: who builds a .tmp- folder, for _remove_orphans."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}-{pid}-{_started(pid) or 0}"
+
+
+def _started(pid):
+    """When process `pid` started (clock ticks since boot, Linux), or None when unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _remove_orphans(home):
-    """.tmp-* folders of builds whose process is gone (killed scans)."""
+    """.tmp-* folders of this host's builds whose process is gone (killed scans)."""
+    host = socket.gethostname()
     for name in os.listdir(home):
-        if name.startswith(".tmp-"):
-            try:
-                pid = int(name.rsplit("-", 1)[1])
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                shutil.rmtree(os.path.join(home, name), ignore_errors=True)
-            except (ValueError, PermissionError, OSError):
-                continue
+        head, _, tail = name.rpartition(f"-{host}-")
+        if not head.startswith(".tmp-") or tail.count("-") != 1:
+            continue  # another host's (or another version's) build: its process is not ours to see
+        try:
+            pid, start = map(int, tail.split("-"))
+            os.kill(pid, 0)
+            alive = start == 0 or _started(pid) in (None, start)  # else the pid was reused
+        except ProcessLookupError:
+            alive = False
+        except (ValueError, PermissionError, OSError):
+            continue
+        if not alive:
+            shutil.rmtree(os.path.join(home, name), ignore_errors=True)
 
 
 def _discard(path):
     """Remove a folder by first renaming it aside, so no reader ever sees it half removed."""
-    aside = os.path.join(os.path.dirname(path), f".tmp-discard-{os.getpid()}")
+    aside = os.path.join(os.path.dirname(path), f".tmp-discard-{_owner()}")
     try:
         os.rename(path, aside)
     except OSError:

@@ -28,7 +28,6 @@ class Dataset:
     classes: list
     mean: numpy.ndarray = field(default=None)
     std: numpy.ndarray = field(default=None)
-    has_test: bool = True   # False: the folder had no test split (x_test has 0 rows)
     pixels: dict = None     # a folder's pixel settings (image_size, channels, fit), saved in the run's config
 
     def __post_init__(self):
@@ -63,7 +62,7 @@ def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folde
     """
     key = str(name).strip()
     options = {k: v for k, v in (folder_options or {}).items() if v is not None}
-    if key.lower() not in NAMES and os.path.isdir(key):  # a folder named like a built-in: ./mnist
+    if image_folder(key):
         return load_folder(key, cache_dir=cache_dir, **options)
     if {"image_size", "channels"} & set(options):
         raise DatasetError(f"--image-size and --channels are for folders of images; {name} is not a folder")
@@ -86,6 +85,13 @@ def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folde
         downloader.download(key, directory, mirror=mirror)
     classes = [str(i) for i in range(10)] if key == "mnist" else list(FASHION_CLASSES)
     return Dataset(key, *idx.load_dir(directory, num_classes=10), classes)
+
+
+def image_folder(name):
+    """`name` when load reads it as a folder of images, else None (a built-in wins over a
+    folder named like it: ./mnist)."""
+    key = str(name).strip()
+    return key if key.lower() not in NAMES and os.path.isdir(key) else None
 
 
 def load_folder(path, *, image_size=None, channels=None, fit="stretch", strict_images=False, workers=None,
@@ -121,4 +127,4 @@ def load_folder(path, *, image_size=None, channels=None, fit="stretch", strict_i
     x_test, y_test = arrays.get("test", (numpy.zeros((0, *shape), numpy.uint8), numpy.zeros(0, numpy.int64)))
     pixels = {"image_size": f"{shape[1]}x{shape[2]}", "channels": shape[0], "fit": fit}
     return Dataset(os.path.basename(scan.root), *arrays["train"], x_test, y_test, list(scan.classes),
-                   mean, std, has_test=scan.has_test, pixels=pixels)
+                   mean, std, pixels=pixels)
