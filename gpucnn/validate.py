@@ -246,7 +246,17 @@ def check_data_fits(data, ckpt, path):
                                   f"{data.name}'s images have {images[0]}")
     if classes is not None and len(data.classes) > classes:
         raise CheckpointError(f"{path}: its model predicts {classes} classes; {data.name} has {len(data.classes)}")
+    saved = ckpt["meta"].get("classes")
+    if saved is not None and [str(c) for c in saved[:len(data.classes)]] != [str(c) for c in data.classes]:
+        # Class k of the data would be scored against the net's class k: another meaning, a wrong score.
+        raise CheckpointError(f"{path}: its net was trained on the classes {_listed(saved)}; {data.name}'s are "
+                              f"{_listed(data.classes)}, so its scores would compare different classes")
     return classes if classes is not None else len(data.classes)
+
+
+def _listed(names, most=6):
+    names = [str(n) for n in names]
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def check_resume_position(start, steps_per_epoch, path):

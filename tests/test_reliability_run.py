@@ -276,3 +276,17 @@ def test_weights_that_are_not_numbers_are_refused(tmp_path, ckpt):
     refused(gpucnn("eval", "--checkpoint", ckpt), "0.weight holds <U1 values, not numbers")
     refused(gpucnn("train", "--resume", ckpt, "--epochs", "2", "--save", ckpt, "--no-progress"), "0.weight holds <U1")
     assert snapshot(tmp_path) == before
+
+
+def test_eval_on_data_whose_classes_mean_something_else_is_refused(tmp_path):
+    """A net's class k scored against another dataset's class k would print a meaningless
+    accuracy: refused, naming both lists. The same classes by another file, or fewer of them, pass."""
+    import numpy
+
+    ckpt = tmp_path / "run.ckpt"
+    train_tiny(tmp_path, ckpt, dataset=tiny_npz(tmp_path / "pets.npz", classes=numpy.array(["cat", "dog", "fox"])))
+    other = tiny_npz(tmp_path / "other.npz", classes=numpy.array(["car", "bus", "van"]))
+    refused(gpucnn("eval", "--checkpoint", ckpt, "--dataset", other), "cat, dog, fox", "car, bus, van")
+    same = tiny_npz(tmp_path / "same.npz", seed=7, classes=numpy.array(["cat", "dog", "fox"]))
+    r = gpucnn("eval", "--checkpoint", ckpt, "--dataset", same)
+    assert r.returncode == 0, r.stderr
