@@ -484,6 +484,7 @@ def _train(args, comm):
     validate.check_splits(data)
     if ckpt is not None:
         validate.check_data_fits(data, ckpt, args.resume)
+        validate.check_same_data(data, ckpt, args.resume)
     init.seed(config["seed"])
     try:  # a bad hyper-parameter is the user's to fix: its message, not a traceback
         model = models.build(config["model"], data.x_train.shape[1:], len(data.classes), dtype=config["dtype"])

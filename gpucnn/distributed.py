@@ -30,7 +30,6 @@ import contextlib
 import os
 import sys
 import traceback
-import zlib
 
 from gpucnn.errors import GpucnnError
 from gpucnn.install_hint import install_hint
@@ -423,9 +422,7 @@ def _fingerprint(model, optimizer, config, data):
         **{f"--{k.replace('_', '-')}": v for k, v in sorted(config.items()) if k != "data_dir"},
         "the model": [(key, tuple(a.shape), str(a.dtype)) for key, a in _named_arrays(model)],
         "the optimiser": (type(optimizer).__name__, sorted(optimizer.hyper.items())),
-        "the dataset (shapes, label checksums, classes)": (tuple(data.x_train.shape), str(data.x_train.dtype), tuple(data.x_test.shape),
-                 zlib.crc32(numpy.ascontiguousarray(data.y_train)), zlib.crc32(numpy.ascontiguousarray(data.y_test)),
-                 [str(c) for c in data.classes]),
+        "the dataset (shapes, label checksums, classes)": data.fingerprint(),
         "gpucnn's version and backend": (gpucnn.__version__, backend.name()),
     }
 

@@ -197,7 +197,9 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 # eval must normalise new data exactly as training did
                 "mean": [float(v) for v in data.mean], "std": [float(v) for v in data.std],
                 # predict and export rebuild the net and label its outputs without the dataset
-                "classes": [str(c) for c in data.classes]}
+                "classes": [str(c) for c in data.classes],
+                # a resume checks it trains on the same images (a folder may have changed since)
+                "data": data.fingerprint()}
         if ema is not None:
             meta["ema"] = ema.state_dict()
         if monitor is not None:

@@ -259,6 +259,21 @@ def _listed(names, most=6):
     return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
+def check_same_data(data, ckpt, path):
+    """CheckpointError when a resume would train on other data than its run did (a folder that
+    gained or lost images redraws the validation split and the statistics). Checkpoints written
+    before this was saved are not checked."""
+    from gpucnn.checkpoint import CheckpointError
+
+    saved = ckpt["meta"].get("data")
+    if saved is not None and saved != data.fingerprint():
+        now, then = data.fingerprint(), saved
+        how = (f"{then[0][0]:,} training images then, {now[0][0]:,} now" if then[0] != now[0]
+               else "the same number of images, with other labels, classes or sizes")
+        raise CheckpointError(f"{path}: the data changed since this run was saved ({how}); resume with the data it "
+                              f"was trained on, or start a new run (--init-from can start it from these weights)")
+
+
 def check_resume_position(start, steps_per_epoch, path):
     """CheckpointError when the data no longer has the step the checkpoint stopped at."""
     from gpucnn.checkpoint import CheckpointError

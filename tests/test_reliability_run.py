@@ -179,12 +179,15 @@ def test_a_deeply_nested_or_non_finite_configuration_is_refused(tmp_path, ckpt, 
 
 
 def test_resume_whose_data_no_longer_has_the_saved_step(tmp_path):
-    """Stopped at step 5 of an epoch of 8 steps; the file now holds 2 steps' worth of images."""
+    """Stopped at step 5 of an epoch of 8 steps; the file now holds 2 steps' worth of images.
+    (A checkpoint of today records its data and is refused earlier, as changed data: this one
+    is made to look like one written before that, without the record.)"""
     ckpt, d = tmp_path / "c.ckpt", tiny_npz(tmp_path / "d.npz", n_train=32)
     r = gpucnn("train", "--dataset", d, "--model", "small", "--batch-size", "4", "--epochs", "2", "--stop-after", "1",
                "--no-progress", "--save", ckpt)
     assert r.returncode == 0, r.stderr
     edit_checkpoint(ckpt, _set(["meta", "step"], 5))
+    edit_checkpoint(ckpt, _set(["meta", "data"], None))
     tiny_npz(tmp_path / "d.npz", n_train=8)
     before = snapshot(tmp_path)
     refused(gpucnn("train", "--resume", ckpt, "--save", ckpt, "--no-progress"),
@@ -289,4 +292,17 @@ def test_eval_on_data_whose_classes_mean_something_else_is_refused(tmp_path):
     refused(gpucnn("eval", "--checkpoint", ckpt, "--dataset", other), "cat, dog, fox", "car, bus, van")
     same = tiny_npz(tmp_path / "same.npz", seed=7, classes=numpy.array(["cat", "dog", "fox"]))
     r = gpucnn("eval", "--checkpoint", ckpt, "--dataset", same)
+    assert r.returncode == 0, r.stderr
+
+
+def test_resume_on_data_that_changed_since_is_refused(tmp_path):
+    """A dataset that gained images since the run was saved would redraw its split and
+    statistics under the resumed weights: refused before the data is trained on."""
+    ckpt = tmp_path / "run.ckpt"
+    data = tmp_path / "d.npz"
+    train_tiny(tmp_path, ckpt, "--epochs", "2", "--stop-after", "1", dataset=tiny_npz(data))
+    tiny_npz(data, n_train=12)
+    refused(gpucnn("train", "--resume", ckpt, "--no-progress"), "the data changed", "8 training images then, 12 now")
+    tiny_npz(data)
+    r = gpucnn("train", "--resume", ckpt, "--no-progress")
     assert r.returncode == 0, r.stderr

@@ -1,5 +1,6 @@
 """`Dataset` and `load(name)`: the one entry point the trainer and CLI use."""
 import os
+import zlib
 from dataclasses import dataclass, field
 
 import numpy
@@ -46,6 +47,13 @@ class Dataset:
     @property
     def scale(self):
         return pixel_scale(self.x_train.dtype)
+
+    def fingerprint(self):
+        """What identifies the data a run trains on, JSON-able: image shapes and dtype, label
+        checksums and class names (compared across ranks, and by a resume against its checkpoint)."""
+        return [list(self.x_train.shape), str(self.x_train.dtype), list(self.x_test.shape),
+                zlib.crc32(numpy.ascontiguousarray(self.y_train)), zlib.crc32(numpy.ascontiguousarray(self.y_test)),
+                [str(c) for c in self.classes]]
 
     def __repr__(self):
         return (f"Dataset({self.name!r}, train {self.x_train.shape} {self.x_train.dtype}, "
