@@ -544,12 +544,12 @@ def cmd_eval(args):
     config = ckpt["meta"]["config"]
     name = args.dataset or config["dataset"]
     data = load(name, data_dir=args.data_dir or (config.get("data_dir") if name == config["dataset"] else None),
-                cache_dir=args.cache_dir, folder_options=_folder_options(args, config))
+                cache_dir=args.cache_dir, folder_options=_folder_options(args, _eval_pixels(name, ckpt["meta"])))
     data, scored = split.for_eval(data, config)
     validate.check_splits(data, ("test",))
     classes = validate.check_data_fits(data, ckpt, args.checkpoint)
     try:
-        model = models.build(config["model"], data.x_test.shape[1:], classes)
+        model = models.build(config["model"], data.x_test.shape[1:], classes, dtype=config.get("dtype"))
     except ValueError as e:
         raise GpucnnError(f"{args.checkpoint}: {e}") from None
     try:
@@ -576,6 +576,22 @@ def cmd_eval(args):
                      header=f"{args.checkpoint} on {data.name} {scored} ({len(data.y_test):,} images{'; ' + how if how else ''})",
                      about={"checkpoint": args.checkpoint, "dataset": data.name, "ema": bool(args.ema), "tta": bool(tta)})
     return 0
+
+
+def _eval_pixels(name, meta):
+    """The pixel settings eval reads dataset `name` with: none unless it is a folder of images;
+    for a folder, the run's own, else (a run on a built-in set or .npz) the net's input shape,
+    the size predict resizes images to."""
+    from gpucnn.data.datasets import is_folder
+
+    config = meta["config"]
+    if not is_folder(name):
+        return {}
+    if "input_shape" in meta:
+        channels, height, width = meta["input_shape"]
+        config = {**config, "image_size": config.get("image_size") or f"{height}x{width}",
+                  "channels": config.get("channels") or channels}
+    return config
 
 
 def cmd_predict(args):

@@ -53,6 +53,12 @@ class Dataset:
                 f"test {self.x_test.shape}, {self.num_classes} classes)")
 
 
+def is_folder(name):
+    """Whether `name` is a folder of images to load_folder (a folder named like a built-in, ./mnist, is one)."""
+    key = str(name).strip()
+    return key.lower() not in NAMES and os.path.isdir(key)
+
+
 def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folder_options=None):
     """Load a dataset by name: digits | mnist | fashion-mnist | cifar10 | path/to/file.npz |
     path/to/folder of images (folder_options: load_folder's keyword arguments).
@@ -63,7 +69,7 @@ def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folde
     """
     key = str(name).strip()
     options = {k: v for k, v in (folder_options or {}).items() if v is not None}
-    if key.lower() not in NAMES and os.path.isdir(key):  # a folder named like a built-in: ./mnist
+    if is_folder(key):
         return load_folder(key, cache_dir=cache_dir, **options)
     if {"image_size", "channels"} & set(options):
         raise DatasetError(f"--image-size and --channels are for folders of images; {name} is not a folder")

@@ -1,0 +1,75 @@
+"""What a run saved (its --dtype, its pixel settings) is what eval, predict, export and summary
+rebuild it with; and datasets are read with only the flags that apply to them."""
+import json
+import os
+
+import numpy
+import pytest
+
+from gpucnn import cli
+
+pytest.importorskip("PIL")
+FAST = ["--model", "small", "--epochs", "1", "--batch-size", "64", "--no-progress"]
+
+
+def digit_folder(root, sizes=(8,), per_split=(30, 10)):
+    """The first digits as PNGs in root/train/<class>/ and root/test/<class>/, the i-th image
+    resized to sizes[i % len(sizes)] pixels a side."""
+    from PIL import Image
+
+    from gpucnn.data import load
+
+    data = load("digits")
+    for split, x, y, n in (("train", data.x_train, data.y_train, per_split[0]),
+                           ("test", data.x_test, data.y_test, per_split[1])):
+        for i in range(n):
+            os.makedirs(root / split / str(y[i]), exist_ok=True)
+            side = sizes[i % len(sizes)]
+            Image.fromarray((x[i, 0] * 255).astype(numpy.uint8)).resize((side, side)).save(
+                root / split / str(y[i]) / f"{i:03d}.png")
+    return str(root)
+
+
+def test_eval_of_a_folder_run_on_a_builtin_dataset(tmp_path):
+    folder = digit_folder(tmp_path / "images")
+    ckpt = str(tmp_path / "f.ckpt")
+    assert cli.main(["train", "--dataset", folder, "--workers", "1", "--cache-dir", str(tmp_path / "c"),
+                     "--save", ckpt, *FAST]) == 0
+    assert cli.main(["eval", "--checkpoint", ckpt, "--dataset", "digits"]) == 0
+
+
+def test_eval_on_a_folder_of_mixed_sizes_brings_them_to_the_nets_size(tmp_path, capsys):
+    ckpt = str(tmp_path / "d.ckpt")
+    assert cli.main(["train", "--dataset", "digits", "--save", ckpt, *FAST]) == 0
+    folder = digit_folder(tmp_path / "images", sizes=(8, 16))
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", ckpt, "--dataset", folder, "--workers", "1",
+                     "--cache-dir", str(tmp_path / "c"), "--json"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["images"] == 10
+
+
+@pytest.fixture(scope="module")
+def float64_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("f64")
+    ckpt, metrics = root / "r.ckpt", root / "m.jsonl"
+    assert cli.main(["train", "--dataset", "digits", "--dtype", "float64", "--save", str(ckpt),
+                     "--metrics-out", str(metrics), *FAST]) == 0
+    return str(ckpt), json.loads(metrics.read_text().splitlines()[-1])
+
+
+def test_eval_scores_a_float64_run_in_float64(float64_run, capsys):
+    ckpt, last = float64_run
+    capsys.readouterr()
+    assert cli.main(["eval", "--checkpoint", ckpt, "--json"]) == 0
+    # the training loop's own evaluation of the same weights: equal up to float64 rounding
+    assert json.loads(capsys.readouterr().out)["loss"] == pytest.approx(last["test_loss"], rel=1e-12, abs=0)
+
+
+def test_predict_export_and_summary_rebuild_a_float64_net(float64_run):
+    from gpucnn import summary
+    from gpucnn.trained import load_trained
+
+    ckpt, _ = float64_run
+    assert load_trained(ckpt).model.dtype == numpy.float64
+    args = cli.build_parser().parse_args(["summary", "--checkpoint", ckpt])
+    assert summary.build_net(args)[0].dtype == numpy.float64
