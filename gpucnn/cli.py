@@ -150,10 +150,14 @@ AUGMENTATION_HELP = {
 }
 
 
-def _trainflow_flags(p):
+def _augmentation_flag(p):
     p.add_argument("--augmentation", choices=list(AUGMENTATION_HELP), help="which augmentation --augment applies: "
                    + "; ".join(f"{k}: {v}" for k, v in AUGMENTATION_HELP.items())
                    + " (default: crop-flip; naming one turns --augment on)")
+
+
+def _trainflow_flags(p):
+    _augmentation_flag(p)
     p.add_argument("--val-split", type=float, metavar="FRACTION",
                    help="hold out this stratified part of the training images (drawn from --seed): each epoch reports "
                         "val_loss and val_acc, the test split is scored once, after the last epoch; required for a "
@@ -285,8 +289,10 @@ def _lr_find_parser(sub):
                                    "smoothed loss exceeds 4x its minimum, print a suggested rate and draw loss against "
                                    f"rate ({install_hint('plot')}). Writes no checkpoint.")
     _data_flags(p)
+    _folder_flags(p)
     _step_flags(p)
     _sample_flags(p)
+    _augmentation_flag(p)
     p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
     p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10)")
     p.add_argument("--steps", type=int, default=100, help="steps of the sweep (default: 100)")

@@ -73,3 +73,23 @@ def test_predict_export_and_summary_rebuild_a_float64_net(float64_run):
     assert load_trained(ckpt).model.dtype == numpy.float64
     args = cli.build_parser().parse_args(["summary", "--checkpoint", ckpt])
     assert summary.build_net(args)[0].dtype == numpy.float64
+
+
+def test_lr_find_takes_trains_data_flags(tmp_path, capsys, monkeypatch):
+    from gpucnn.data import batches
+
+    folder = digit_folder(tmp_path / "images", sizes=(8, 16))
+    seen, iterate = set(), batches.iterate
+
+    def recording(*a, **kw):
+        seen.add(kw["augment"])
+        return iterate(*a, **kw)
+
+    monkeypatch.setattr(batches, "iterate", recording)
+    capsys.readouterr()
+    assert cli.main(["lr-find", "--dataset", folder, "--image-size", "8", "--channels", "1", "--fit", "crop",
+                     "--workers", "1", "--cache-dir", str(tmp_path / "c"), "--no-progress", "--augmentation",
+                     "rrc-flip", "--model", "small", "--batch-size", "8", "--steps", "3",
+                     "-o", str(tmp_path / "lr.png")]) == 0
+    err = capsys.readouterr().err
+    assert seen == {"rrc-flip"} and "decode" not in err and "headers" not in err, err
