@@ -17,7 +17,7 @@ TRAIN_DEFAULTS = {
     "schedule": "cosine", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
     "seed": 0, "augment": None, "dtype": "float32",
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
-    "image_size": None, "channels": None, "fit": "stretch",  # folders of images (#17): what changes pixels
+    "image_size": None, "channels": None, "fit": None,  # folders of images (#17): what changes pixels
     "val_split": None, "save_best": False, "early_stop": None, "augmentation": "crop-flip",  # trainflow (#17)
 }
 # gpucnn.models.MODELS and gpucnn.optim.OPTIMIZERS, named without importing them (see the module docstring)
@@ -137,7 +137,7 @@ def _folder_options(args, config=None, ranks_here=1):
 
     config = config or {}
     return {"image_size": config.get("image_size"), "channels": config.get("channels"),
-            "fit": config.get("fit") or "stretch", "strict_images": getattr(args, "strict_images", False),
+            "fit": config.get("fit"), "strict_images": getattr(args, "strict_images", False),
             "workers": args.workers or max(1, default_workers() // ranks_here), "no_cache": args.no_cache,
             "progress": not getattr(args, "no_progress", False)}
 
@@ -380,6 +380,7 @@ def _config(args):
     """The run's configuration: defaults, then the checkpoint's (on --resume), then flags."""
     from gpucnn import validate
     from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.data.datasets import is_folder
     from gpucnn.errors import GpucnnError
 
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k, None) is not None}
@@ -401,6 +402,8 @@ def _config(args):
                 raise GpucnnError(f"{args.resume} was trained with --{key.replace('_', '-')} {saved[key]}, not {value}; "
                                   f"drop the flag or start a new run")
         config.update(saved)
+        if saved.get("fit") == "stretch" and not is_folder(saved["dataset"]):
+            config["fit"] = None  # saved by a gpucnn that took --fit for any dataset: it meant nothing
         start = {k: ckpt["meta"][k] for k in ("epoch", "step", "loss_sum", "correct", "seen", "seconds")}
     config.update(given)
     if config["epochs"] is None:

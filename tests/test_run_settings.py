@@ -93,3 +93,23 @@ def test_lr_find_takes_trains_data_flags(tmp_path, capsys, monkeypatch):
                      "-o", str(tmp_path / "lr.png")]) == 0
     err = capsys.readouterr().err
     assert seen == {"rrc-flip"} and "decode" not in err and "headers" not in err, err
+
+
+def test_fit_is_for_folders_only_and_old_runs_keep_predicts_default(tmp_path, capsys):
+    from reliability_helpers import edit_checkpoint
+
+    from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.trained import load_trained
+
+    ckpt = str(tmp_path / "d.ckpt")
+    assert cli.main(["train", "--dataset", "digits", "--fit", "crop", "--save", ckpt, *FAST]) == 2
+    assert "--fit are for folders of images; digits is not a folder" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", "digits", "--save", ckpt, *FAST, "--epochs", "2", "--stop-after", "1"]) == 0
+    assert load_checkpoint(ckpt)["meta"]["config"]["fit"] is None and load_trained(ckpt).fit == "stretch"
+
+    def as_before(tree):  # what a gpucnn that saved --fit for any dataset wrote
+        tree["meta"]["config"]["fit"] = "stretch"
+
+    edit_checkpoint(ckpt, as_before)
+    assert load_trained(ckpt).fit == "stretch"
+    assert cli.main(["train", "--resume", ckpt, "--no-progress"]) == 0

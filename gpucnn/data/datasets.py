@@ -71,8 +71,8 @@ def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folde
     options = {k: v for k, v in (folder_options or {}).items() if v is not None}
     if is_folder(key):
         return load_folder(key, cache_dir=cache_dir, **options)
-    if {"image_size", "channels"} & set(options):
-        raise DatasetError(f"--image-size and --channels are for folders of images; {name} is not a folder")
+    if {"image_size", "channels", "fit"} & set(options):
+        raise DatasetError(f"--image-size, --channels and --fit are for folders of images; {name} is not a folder")
     if key.lower().endswith(".npz"):
         return Dataset(os.path.splitext(os.path.basename(key))[0], *npz.load(key))
     key = key.lower()
