@@ -1,4 +1,4 @@
-"""The command line: gpucnn train | eval | predict | export | check | plot | summary | profile | lr-find
+"""The command line: gpucnn train | eval | predict | export | check | plot | data | summary | profile | lr-find
 (also `python -m gpucnn ...`).
 
 Arguments are parsed before gpucnn.backend is imported, so --backend and --tf32 take
@@ -125,7 +125,8 @@ def _folder_flags(p, training=True):
                        "gpucnn predict --fit applies (default: stretch)")
         g.add_argument("--strict-images", action="store_true", help="any file that does not decode is an error before "
                        "training (default: named on stderr and skipped)")
-    g.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: the number of cores)")
+    g.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: the number of cores; "
+                   "under mpirun, train divides them among the ranks on the node)")
     g.add_argument("--no-cache", action="store_true", help="decode into memory, not into the decoded cache "
                    "(default: decoded once into <cache-dir>/folders, read memory-mapped afterwards)")
 
@@ -163,8 +164,9 @@ def _trainflow_flags(p):
                         "val_loss and val_acc, the test split is scored once, after the last epoch; required for a "
                         "dataset without a test split, whose held-out part is then its test split (default: none)")
     p.add_argument("--save-best", action="store_true", default=None,
-                   help="also keep the checkpoint of the epoch with the best val_acc, as SAVE-STEM.best.ckpt "
-                        "(needs --val-split; default: off)")
+                   help="also keep the checkpoint of the epoch with the best val_acc, beside --save's, "
+                        "named as it with .best before its suffix (runs/last.ckpt -> runs/last.best.ckpt, run.pt -> "
+                        "run.best.pt) (needs --val-split; default: off)")
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
                    help="gather (and on cupy, send on a second stream) the next batch while the current step runs; "
                         "the batches are the same either way (default: on)")

@@ -113,3 +113,24 @@ def test_fit_is_for_folders_only_and_old_runs_keep_predicts_default(tmp_path, ca
     edit_checkpoint(ckpt, as_before)
     assert load_trained(ckpt).fit == "stretch"
     assert cli.main(["train", "--resume", ckpt, "--no-progress"]) == 0
+
+
+def _help(command, flag):
+    import argparse
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return " ".join(next(a.help for a in sub.choices[command]._actions if flag in a.option_strings).split())
+
+
+def test_help_says_what_the_code_does():
+    import argparse
+
+    from gpucnn import best
+    from gpucnn.tensorboard_log import HPARAM_METRICS
+
+    assert best.best_path("run.pt") == "run.best.pt" and "run.pt -> run.best.pt" in _help("train", "--save-best")
+    assert "ranks on the node" in _help("train", "--workers")
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    listed = cli.__doc__.split("\n\n")[0].split(":", 1)[1].split("(")[0]
+    assert {c.strip() for c in listed.replace("gpucnn", "").split("|")} == set(sub.choices)
+    assert {"epoch/val_acc", "epoch/val_loss"} <= set(HPARAM_METRICS)
