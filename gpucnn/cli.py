@@ -459,11 +459,11 @@ def _train(args, comm):
     validate.check_train_settings(config, args.stop_after)
     same_run.agree_on_flags(comm, args, config, start)  # before any rank writes, returns or skips a step
     save, metrics_out = validate.check_train_outputs(args, config)
-    if args.tensorboard:
+    best_path = best.check_outputs(config, save, args)
+    if args.tensorboard and comm.rank == 0:  # last of the checks that create a directory; rank 0 alone writes it
         from gpucnn.tensorboard_log import check_directory
 
         args.tensorboard = check_directory(args.tensorboard, args.tensorboard_every, resumed=ckpt is not None)
-    best_path = best.check_outputs(config, save, args)
     weights = None
     if args.init_from:
         from gpucnn.init_from import read_weights

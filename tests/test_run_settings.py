@@ -134,3 +134,12 @@ def test_help_says_what_the_code_does():
     listed = cli.__doc__.split("\n\n")[0].split(":", 1)[1].split("(")[0]
     assert {c.strip() for c in listed.replace("gpucnn", "").split("|")} == set(sub.choices)
     assert {"epoch/val_acc", "epoch/val_loss"} <= set(HPARAM_METRICS)
+
+
+def test_a_refused_run_leaves_no_tensorboard_directory(tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    board = tmp_path / "board"
+    assert cli.main(["train", "--dataset", "digits", "--save-best", "--tensorboard", str(board),
+                     "--save", str(tmp_path / "r.ckpt"), *FAST]) == 2
+    assert "--save-best watches the validation accuracy" in capsys.readouterr().err
+    assert not board.exists()
