@@ -469,7 +469,7 @@ def _train(args, comm):
         from gpucnn.init_from import read_weights
 
         weights = read_weights(args.init_from)  # a missing or damaged file is told before the data loads
-    done = validate.finished(start, config, args.stop_after, args.resume) or best.stopped_early(ckpt, args.resume)
+    done = validate.finished(start, config, args.stop_after, args.resume) or best.stopped_early(ckpt, args.resume, config)
     if done:
         print(done)
         return 0

@@ -143,3 +143,19 @@ def test_a_refused_run_leaves_no_tensorboard_directory(tmp_path, capsys):
                      "--save", str(tmp_path / "r.ckpt"), *FAST]) == 2
     assert "--save-best watches the validation accuracy" in capsys.readouterr().err
     assert not board.exists()
+
+
+def test_a_larger_epochs_continues_an_early_stopped_run(tmp_path, capsys):
+    last, metrics = tmp_path / "last.ckpt", tmp_path / "m.jsonl"
+    # a zero learning rate: val_acc never improves after the first epoch, so patience 2 stops after epoch 3
+    run = ["train", "--no-progress", "--batch-size", "128", "--val-split", "0.2", "--early-stop", "2", "--lr", "0",
+           "--schedule", "constant", "--save", str(last), "--metrics-out", str(metrics)]
+    assert cli.main([*run, "--epochs", "5"]) == 0
+    assert cli.main(["train", "--no-progress", "--resume", str(last), "--epochs", "5"]) == 0
+    assert "stopped early at epoch 3" in capsys.readouterr().out
+    assert cli.main(["train", "--no-progress", "--resume", str(last), "--epochs", "9",
+                     "--metrics-out", str(metrics)]) == 0
+    out = capsys.readouterr().out
+    # patience counted afresh from epoch 3: epochs 4 and 5 without improvement, then it stops again
+    assert [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    assert "early stop: val_acc has not improved for 2 epoch(s)" in out
