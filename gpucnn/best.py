@@ -41,13 +41,21 @@ def check_outputs(config, save, args):
     return path
 
 
-def stopped_early(ckpt, path):
-    """The line to print when a resumed run had already stopped early, else None."""
+def stopped_early(ckpt, path, config):
+    """The line to print when a resumed run had already stopped early and --epochs does not
+    extend it, else None."""
     state = ckpt["meta"].get("monitor") if ckpt is not None else None
-    if isinstance(state, dict) and state.get("stopped") is True:
+    if isinstance(state, dict) and state.get("stopped") is True and not _extended(ckpt, config):
         return (f"{path}: the run stopped early at epoch {ckpt['meta']['epoch']} (--early-stop; best val_acc "
-                f"{state.get('best')} at epoch {state.get('best_epoch')}); nothing to train")
+                f"{state.get('best')} at epoch {state.get('best_epoch')}); nothing to train (a larger --epochs "
+                f"continues it, with the patience count started afresh)")
     return None
+
+
+def _extended(ckpt, config):
+    """Whether this resume asks for more epochs than the checkpoint's run had: as in Keras, an
+    early-stopped run then trains on, its patience counted afresh from the resumed epoch."""
+    return config["epochs"] > ckpt["meta"]["config"]["epochs"]
 
 
 class Monitor:
@@ -97,6 +105,8 @@ def from_checkpoint(ckpt, config, path):
 
             raise CheckpointError(f"{path}: its saved run is damaged (monitor is {str(state)[:60]}); "
                                   f"the checkpoint cannot be used")
+        if state is not None and state.get("stopped") and _extended(ckpt, config):
+            state = {**state, "waited": 0, "stopped": False}
     return Monitor(config.get("early_stop"), state)
 
 

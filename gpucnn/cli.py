@@ -1,4 +1,4 @@
-"""The command line: gpucnn train | eval | predict | export | check | plot | summary | profile | lr-find
+"""The command line: gpucnn train | eval | predict | export | check | plot | data | summary | profile | lr-find
 (also `python -m gpucnn ...`).
 
 Arguments are parsed before gpucnn.backend is imported, so --backend and --tf32 take
@@ -18,7 +18,7 @@ TRAIN_DEFAULTS = {
     "schedule": "cosine", "warmup_steps": 0, "step_size": 10, "gamma": 0.1, "min_lr": 0.0,
     "seed": 0, "augment": None, "dtype": "float32",
     "label_smoothing": 0.0, "peak_fraction": 0.25, "tta": False, "ema": None,  # the residual-net recipe (#12)
-    "image_size": None, "channels": None, "fit": "stretch",  # folders of images (#17): what changes pixels
+    "image_size": None, "channels": None, "fit": None,  # folders of images (#17): what changes pixels
     "val_split": None, "save_best": False, "early_stop": None, "augmentation": "crop-flip",  # trainflow (#17)
 }
 # gpucnn.models.MODELS and gpucnn.optim.OPTIMIZERS, named without importing them (see the module docstring)
@@ -126,7 +126,8 @@ def _folder_flags(p, training=True):
                        "gpucnn predict --fit applies (default: stretch)")
         g.add_argument("--strict-images", action="store_true", help="any file that does not decode is an error before "
                        "training (default: named on stderr and skipped)")
-    g.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: the number of cores)")
+    g.add_argument("--workers", type=int, metavar="N", help="processes decoding images (default: the number of cores; "
+                   "under mpirun, train divides them among the ranks on the node)")
     g.add_argument("--no-cache", action="store_true", help="decode into memory, not into the decoded cache "
                    "(default: decoded once into <cache-dir>/folders, read memory-mapped afterwards)")
 
@@ -138,7 +139,7 @@ def _folder_options(args, config=None, ranks_here=1):
 
     config = config or {}
     return {"image_size": config.get("image_size"), "channels": config.get("channels"),
-            "fit": config.get("fit") or "stretch", "strict_images": getattr(args, "strict_images", False),
+            "fit": config.get("fit"), "strict_images": getattr(args, "strict_images", False),
             "workers": args.workers or max(1, default_workers() // ranks_here), "no_cache": args.no_cache,
             "progress": not getattr(args, "no_progress", False)}
 
@@ -151,17 +152,22 @@ AUGMENTATION_HELP = {
 }
 
 
-def _trainflow_flags(p):
+def _augmentation_flag(p):
     p.add_argument("--augmentation", choices=list(AUGMENTATION_HELP), help="which augmentation --augment applies: "
                    + "; ".join(f"{k}: {v}" for k, v in AUGMENTATION_HELP.items())
                    + " (default: crop-flip; naming one turns --augment on)")
+
+
+def _trainflow_flags(p):
+    _augmentation_flag(p)
     p.add_argument("--val-split", type=float, metavar="FRACTION",
                    help="hold out this stratified part of the training images (drawn from --seed): each epoch reports "
                         "val_loss and val_acc, the test split is scored once, after the last epoch; required for a "
                         "dataset without a test split, whose held-out part is then its test split (default: none)")
     p.add_argument("--save-best", action="store_true", default=None,
-                   help="also keep the checkpoint of the epoch with the best val_acc, as SAVE-STEM.best.ckpt "
-                        "(needs --val-split; default: off)")
+                   help="also keep the checkpoint of the epoch with the best val_acc, beside --save's, "
+                        "named as it with .best before its suffix (runs/last.ckpt -> runs/last.best.ckpt, run.pt -> "
+                        "run.best.pt) (needs --val-split; default: off)")
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True,
                    help="gather (and on cupy, send on a second stream) the next batch while the current step runs; "
                         "the batches are the same either way (default: on)")
@@ -285,8 +291,10 @@ def _lr_find_parser(sub):
                                    "smoothed loss exceeds 4x its minimum, print a suggested rate and draw loss against "
                                    f"rate ({install_hint('plot')}). Writes no checkpoint.")
     _data_flags(p)
+    _folder_flags(p)
     _step_flags(p)
     _sample_flags(p)
+    _augmentation_flag(p)
     p.add_argument("--start-lr", type=float, default=1e-7, help="first learning rate (default: 1e-7)")
     p.add_argument("--end-lr", type=float, default=10.0, help="last learning rate (default: 10)")
     p.add_argument("--steps", type=int, default=100, help="steps of the sweep (default: 100)")
@@ -387,6 +395,7 @@ def _config(args):
     """The run's configuration: defaults, then the checkpoint's (on --resume), then flags."""
     from gpucnn import validate
     from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.data.datasets import is_folder
     from gpucnn.errors import GpucnnError
 
     given = {k: getattr(args, k) for k in TRAIN_DEFAULTS if getattr(args, k, None) is not None}
@@ -408,6 +417,8 @@ def _config(args):
                 raise GpucnnError(f"{args.resume} was trained with --{key.replace('_', '-')} {saved[key]}, not {value}; "
                                   f"drop the flag or start a new run")
         config.update(saved)
+        if saved.get("fit") == "stretch" and not is_folder(saved["dataset"]):
+            config["fit"] = None  # saved by a gpucnn that took --fit for any dataset: it meant nothing
         start = {k: ckpt["meta"][k] for k in ("epoch", "step", "loss_sum", "correct", "seen", "seconds")}
     config.update(given)
     if config["epochs"] is None:
@@ -462,17 +473,17 @@ def _train(args, comm):
     same_run.agree_on_flags(comm, args, config, start,  # before any rank writes, returns or skips a step
                             monitor=ckpt["meta"].get("monitor") if ckpt is not None else None)
     save, metrics_out = validate.check_train_outputs(args, config)
-    if args.tensorboard:
+    best_path = best.check_outputs(config, save, args)
+    if args.tensorboard and comm.rank == 0:  # last of the checks that create a directory; rank 0 alone writes it
         from gpucnn.tensorboard_log import check_directory
 
         args.tensorboard = check_directory(args.tensorboard, args.tensorboard_every, resumed=ckpt is not None)
-    best_path = best.check_outputs(config, save, args)
     weights = None
     if args.init_from:
         from gpucnn.init_from import read_weights
 
         weights = read_weights(args.init_from)  # a missing or damaged file is told before the data loads
-    done = validate.finished(start, config, args.stop_after, args.resume) or best.stopped_early(ckpt, args.resume)
+    done = validate.finished(start, config, args.stop_after, args.resume) or best.stopped_early(ckpt, args.resume, config)
     if done:
         print(done)
         return 0
@@ -559,12 +570,12 @@ def cmd_eval(args):
     config = ckpt["meta"]["config"]
     name = args.dataset or config["dataset"]
     data = load(name, data_dir=args.data_dir or (config.get("data_dir") if name == config["dataset"] else None),
-                cache_dir=args.cache_dir, folder_options=_folder_options(args, config))
+                cache_dir=args.cache_dir, folder_options=_folder_options(args, _eval_pixels(name, ckpt["meta"])))
     data, scored = split.for_eval(data, config)
     validate.check_splits(data, ("test",))
     classes = validate.check_data_fits(data, ckpt, args.checkpoint)
     try:
-        model = models.build(config["model"], data.x_test.shape[1:], classes)
+        model = models.build(config["model"], data.x_test.shape[1:], classes, dtype=config.get("dtype"))
     except ValueError as e:
         raise GpucnnError(f"{args.checkpoint}: {e}") from None
     try:
@@ -591,6 +602,22 @@ def cmd_eval(args):
                      header=f"{args.checkpoint} on {data.name} {scored} ({len(data.y_test):,} images{'; ' + how if how else ''})",
                      about={"checkpoint": args.checkpoint, "dataset": data.name, "ema": bool(args.ema), "tta": bool(tta)})
     return 0
+
+
+def _eval_pixels(name, meta):
+    """The pixel settings eval reads dataset `name` with: none unless it is a folder of images;
+    for a folder, the run's own, else (a run on a built-in set or .npz) the net's input shape,
+    the size predict resizes images to."""
+    from gpucnn.data.datasets import is_folder
+
+    config = meta["config"]
+    if not is_folder(name):
+        return {}
+    if "input_shape" in meta:
+        channels, height, width = meta["input_shape"]
+        config = {**config, "image_size": config.get("image_size") or f"{height}x{width}",
+                  "channels": config.get("channels") or channels}
+    return config
 
 
 def cmd_predict(args):

@@ -95,7 +95,8 @@ def sweep(model, optimizer, schedule, data, config, progress=True):
     model.train()
     batches = itertools.islice(itertools.chain.from_iterable(
         iterate(data.x_train, data.y_train, config["batch_size"], shuffle=True, seed=config["seed"], epoch=epoch,
-                mean=data.mean, std=data.std, augment=config.get("augment", False), dtype=_dtype(model))
+                mean=data.mean, std=data.std, augment=config.get("augment", False) and config.get("augmentation", "crop-flip"),
+                dtype=_dtype(model))
         for epoch in itertools.count()), schedule.steps)
     n, size = len(data.y_train), config["batch_size"]
     sizes = [min(size, n - k * size) for k in range(num_batches(n, size))]  # an epoch's batches, the last short
@@ -137,7 +138,7 @@ def draw(result, out_path, fmt, title):
 
 def run(args):
     from gpucnn import backend, init, models, validate
-    from gpucnn.cli import _config
+    from gpucnn.cli import _config, _folder_options
     from gpucnn.data import load
     from gpucnn.errors import GpucnnError
     from gpucnn.optim import make_optimizer
@@ -153,7 +154,8 @@ def run(args):
                           .replace("steps", "--steps", 1)) from None
     out_path, fmt = check_image_output(args.output, "-o", **{"--dataset": config["dataset"] if config["dataset"].endswith(".npz") else None})
     pyplot()  # a missing matplotlib is told before the sweep
-    data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir)
+    data = load(config["dataset"], data_dir=config["data_dir"], download=args.download, cache_dir=args.cache_dir,
+                folder_options=_folder_options(args, config))
     validate.check_splits(data, ("train",))
     init.seed(config["seed"])
     try:

@@ -169,7 +169,7 @@ def build_net(args):
         shape, channels, classes = validate.saved_model_io(ckpt)
         if shape is None or classes is None:
             raise CheckpointError(f"{args.checkpoint}: does not record its input shape and classes")
-        model = _build(name, shape, classes, args.checkpoint)
+        model = _build(name, shape, classes, args.checkpoint, config.get("dtype"))
         check_model_state(ckpt["model_state"], model.state_dict(), args.checkpoint)
         batch_size = config["batch_size"] if batch_size is None else batch_size
         optimizer = optimizer or config["optimizer"]
@@ -186,9 +186,9 @@ def build_net(args):
     return model, name, shape, classes, batch_size, optimizer or TRAIN_DEFAULTS["optimizer"]
 
 
-def _build(name, shape, classes, where):
+def _build(name, shape, classes, where, dtype=None):
     try:
-        return models.build(name, shape, classes)
+        return models.build(name, shape, classes, dtype=dtype)
     except ValueError as e:
         raise GpucnnError(f"{where}: {e}") from None
 

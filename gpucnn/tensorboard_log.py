@@ -19,7 +19,8 @@ from gpucnn.outputs import check_output_directory
 
 EVENTS = "*tfevents*"
 # The hparams dashboard's metric columns (tags written every epoch).
-HPARAM_METRICS = ("epoch/test_acc", "epoch/test_loss", "epoch/train_acc", "epoch/train_loss")
+HPARAM_METRICS = ("epoch/test_acc", "epoch/test_loss", "epoch/train_acc", "epoch/train_loss", "epoch/val_acc",
+                  "epoch/val_loss")
 
 
 def check_directory(path, every, *, resumed):

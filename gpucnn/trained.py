@@ -47,7 +47,7 @@ def load_trained(path):
         raise CheckpointError(f"{path}: its meta names {len(info['classes'])} classes for a net with {units} outputs "
                               f"(its meta is damaged)")
     try:
-        model = models.build(name, info["input_shape"], len(info["classes"]))
+        model = models.build(name, info["input_shape"], len(info["classes"]), dtype=config.get("dtype"))
     except ValueError as e:
         raise CheckpointError(f"{path}: cannot rebuild its {name} net: {e}") from None
     except MemoryError:  # an edited input_shape: the weights for it would not fit in memory

@@ -24,10 +24,12 @@ SETTINGS = {
     "schedule": ("str", None), "warmup_steps": ("int", 0), "step_size": ("int", 1), "gamma": ("float", 0),
     "min_lr": ("float", 0), "seed": ("int", 0), "augment": ("bool?", None), "graph": ("bool?", None),
     "label_smoothing": ("float", 0), "peak_fraction": ("float", 0), "tta": ("bool?", None), "ema": ("float?", None),
-    "sync_bn": ("bool?", None), "image_size": ("str?", None), "channels": ("int?", 1), "fit": ("str", None),
+    "sync_bn": ("bool?", None), "image_size": ("str?", None), "channels": ("int?", 1), "fit": ("str?", None),
     "val_split": ("float?", 0), "save_best": ("bool?", None), "early_stop": ("int?", 1), "augmentation": ("str", None),
-    "prefetch": ("bool?", None),
+    "prefetch": ("bool?", None), "dtype": ("str", None),
 }
+# Settings that take one of a few names (key -> the names), checked in flags and checkpoints alike.
+CHOICES = {"dtype": ("float32", "float64"), "fit": ("stretch", "crop", "pad")}
 # Upper ends of the recipe's settings, each (low, high, whether the ends are allowed), as the
 # loss, the EMA and the schedule check them; peak_fraction matters only to onecycle.
 RANGES = {"label_smoothing": (0.0, 1.0, True), "ema": (0.0, 1.0, False), "peak_fraction": (0.0, 1.0, False),
@@ -46,7 +48,9 @@ def setting_problem(key, value):
             return None
         kind = kind[:-1]
     if kind == "str":
-        return None if isinstance(value, str) and value else f"must be a non-empty string, got {value!r}"
+        if not (isinstance(value, str) and value):
+            return f"must be a non-empty string, got {value!r}"
+        return None if value in CHOICES.get(key, (value,)) else f"must be one of {', '.join(CHOICES[key])}, got {value!r}"
     if kind == "bool":
         return None if isinstance(value, bool) else f"must be true or false, got {value!r}"
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind == "float" else int):

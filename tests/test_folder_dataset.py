@@ -149,7 +149,7 @@ def test_flags_choose_size_and_channels(tmp_path, digits):
 
 
 def test_image_size_is_refused_for_other_datasets():
-    with pytest.raises(DatasetError, match="--image-size and --channels are for folders"):
+    with pytest.raises(DatasetError, match="--image-size, --channels and --fit are for folders"):
         load("digits", folder_options={"image_size": "8"})
 
 

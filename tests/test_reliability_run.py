@@ -129,6 +129,9 @@ DAMAGE = {
     "std of zero": (_set(["meta", "std"], [0.0]), "std is [0.0]"),
     "absurd class count": (_set(["meta", "num_classes"], 10**9), "num_classes is 1000000000"),
     "absurd image size": (_set(["meta", "input_shape"], [1, 8, 10**7]), "input_shape is [1, 8, 10000000]"),
+    "dtype not a name": (_set(["meta", "config", "dtype"], 7), "dtype must be a non-empty string, got 7"),
+    "integer dtype": (_set(["meta", "config", "dtype"], "int64"), "dtype must be one of float32, float64, got 'int64'"),
+    "half precision": (_set(["meta", "config", "dtype"], "float16"), "dtype must be one of float32, float64"),
     "tuple of a number": (_set(["meta", "config"], {"__tuple__": 5}), "not a list"),
 }
 

@@ -60,6 +60,12 @@ class Dataset:
                 f"test {self.x_test.shape}, {self.num_classes} classes)")
 
 
+def is_folder(name):
+    """Whether `name` is a folder of images to load_folder (a folder named like a built-in, ./mnist, is one)."""
+    key = str(name).strip()
+    return key.lower() not in NAMES and os.path.isdir(key)
+
+
 def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folder_options=None):
     """Load a dataset by name: digits | mnist | fashion-mnist | cifar10 | path/to/file.npz |
     path/to/folder of images (folder_options: load_folder's keyword arguments).
@@ -70,10 +76,10 @@ def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folde
     """
     key = str(name).strip()
     options = {k: v for k, v in (folder_options or {}).items() if v is not None}
-    if image_folder(key):
+    if is_folder(key):
         return load_folder(key, cache_dir=cache_dir, **options)
-    if {"image_size", "channels"} & set(options):
-        raise DatasetError(f"--image-size and --channels are for folders of images; {name} is not a folder")
+    if {"image_size", "channels", "fit"} & set(options):
+        raise DatasetError(f"--image-size, --channels and --fit are for folders of images; {name} is not a folder")
     if key.lower().endswith(".npz"):
         return Dataset(os.path.splitext(os.path.basename(key))[0], *npz.load(key))
     key = key.lower()
@@ -96,10 +102,8 @@ def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folde
 
 
 def image_folder(name):
-    """`name` when load reads it as a folder of images, else None (a built-in wins over a
-    folder named like it: ./mnist)."""
-    key = str(name).strip()
-    return key if key.lower() not in NAMES and os.path.isdir(key) else None
+    """`name` when load reads it as a folder of images, else None (what outputs must stay out of)."""
+    return str(name).strip() if is_folder(name) else None
 
 
 def load_folder(path, *, image_size=None, channels=None, fit="stretch", strict_images=False, workers=None,
