@@ -137,6 +137,10 @@ def _folder_options(args, config=None, ranks_here=1):
     Decoding workers default to the cores shared among the ranks on this node."""
     from gpucnn.data.cache import default_workers
 
+    from gpucnn.errors import GpucnnError
+
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        raise GpucnnError(f"--workers must be >= 1, got {args.workers}")
     config = config or {}
     return {"image_size": config.get("image_size"), "channels": config.get("channels"),
             "fit": config.get("fit"), "strict_images": getattr(args, "strict_images", False),

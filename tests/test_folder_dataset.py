@@ -262,3 +262,28 @@ def test_every_lossless_format_gives_the_same_digits(tmp_path, digits):
     ex, ey, _ = expected_arrays(expected)
     numpy.testing.assert_array_equal(ds.x_train, ex)
     numpy.testing.assert_array_equal(ds.y_train, ey)
+
+
+@pytest.mark.parametrize("setup, words", [
+    (lambda d: None, ["nowhere/pets", "no such folder"]),
+    (lambda d: (d / "nowhere").mkdir() or (d / "nowhere" / "pets").write_bytes(b"\x89PNG"), ["neither a folder of images nor an .npz"]),
+    (lambda d: None, ["unknown dataset 'cifar100'", "a folder of images"]),
+])
+def test_a_dataset_that_is_not_there_says_what_it_is(tmp_path, setup, words):
+    """A missing path is 'no such folder', a picture given as --dataset is named as what it is
+    not, an unknown name lists every kind of dataset: never 'choose one of' for a typo'd path."""
+    from gpucnn.data import DatasetError, load
+
+    setup(tmp_path)
+    name = "cifar100" if "cifar100" in words[0] else str(tmp_path / "nowhere" / "pets")
+    with pytest.raises(DatasetError) as e:
+        load(name)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_workers_below_one_are_refused(tmp_path, capsys):
+    from gpucnn import cli
+
+    assert cli.main(["train", "--dataset", str(tmp_path), "--workers", "0", "--no-save"]) == 2
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err

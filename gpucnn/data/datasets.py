@@ -78,14 +78,19 @@ def load(name, data_dir=None, download=False, cache_dir=None, mirror=None, folde
     options = {k: v for k, v in (folder_options or {}).items() if v is not None}
     if is_folder(key):
         return load_folder(key, cache_dir=cache_dir, **options)
+    npz_file = key.lower().endswith(".npz")
+    if not npz_file and key.lower() not in NAMES:
+        if os.path.lexists(key):  # a picture, say: what it is not, rather than an unknown name
+            raise DatasetError(f"{name}: is neither a folder of images nor an .npz file")
+        if os.sep in key or "/" in key:
+            raise DatasetError(f"{name}: no such folder")
+        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(NAMES)}, "
+                           f"a path to an .npz file, or a folder of images")
     if {"image_size", "channels", "fit"} & set(options):
         raise DatasetError(f"--image-size, --channels and --fit are for folders of images; {name} is not a folder")
-    if key.lower().endswith(".npz"):
+    if npz_file:
         return Dataset(os.path.splitext(os.path.basename(key))[0], *npz.load(key))
     key = key.lower()
-    if key not in NAMES:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(NAMES)}, "
-                           f"or a path to an .npz file")
     if key == "digits":
         return Dataset(key, *digits.load())
     directory = data_dir or os.path.join(cache_dir or downloader.default_cache_dir(), key)
