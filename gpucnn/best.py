@@ -47,9 +47,13 @@ def stopped_early(ckpt, path, config):
     state = ckpt["meta"].get("monitor") if ckpt is not None else None
     if isinstance(state, dict) and state.get("stopped") is True and not _extended(ckpt, config):
         return (f"{path}: the run stopped early at epoch {ckpt['meta']['epoch']} (--early-stop; best val_acc "
-                f"{state.get('best')} at epoch {state.get('best_epoch')}); nothing to train (a larger --epochs "
+                f"{_fraction(state.get('best'))} at epoch {state.get('best_epoch')}); nothing to train (a larger --epochs "
                 f"continues it, with the patience count started afresh)")
     return None
+
+
+def _fraction(value):
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
 def _extended(ckpt, config):
