@@ -71,7 +71,7 @@ def _train_parser(sub):
                    help="write TensorBoard scalars (per epoch, and loss and lr every --tensorboard-every steps) and the "
                         "configuration as hparams into DIR (created if missing; a new run needs one without event "
                         "files, a --resume goes on in the same DIR); needs " + install_hint("tensorboard") + " (default: none)")
-    p.add_argument("--tensorboard-every", type=int, default=50, metavar="N",
+    p.add_argument("--tensorboard-every", type=int, metavar="N",
                    help="steps between the per-step TensorBoard scalars; each reads the loss back from the device (default: 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     _distributed_flags(p)
@@ -478,6 +478,9 @@ def _train(args, comm):
                             monitor=ckpt["meta"].get("monitor") if ckpt is not None else None)
     save, metrics_out = validate.check_train_outputs(args, config)
     best_path = best.check_outputs(config, save, args)
+    if args.tensorboard_every is not None and not args.tensorboard:
+        raise GpucnnError("--tensorboard-every applies only with --tensorboard DIR")
+    args.tensorboard_every = 50 if args.tensorboard_every is None else args.tensorboard_every
     if args.tensorboard and comm.rank == 0:  # last of the checks that create a directory; rank 0 alone writes it
         from gpucnn.tensorboard_log import check_directory
 

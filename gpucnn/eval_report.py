@@ -13,6 +13,7 @@ import sys
 
 import numpy
 
+from gpucnn.data.image import printable
 from gpucnn.errors import GpucnnError
 from gpucnn.outputs import check_outside
 from gpucnn.plot import check_image_output, pyplot, save_figure
@@ -88,7 +89,7 @@ def show(args, predictions, names, images, outputs, *, header, about):
         print(f"{header}: loss {predictions.loss:.4f}, accuracy {predictions.accuracy:.4f}")
         print(f"{'class':<16} {'accuracy':>8}")
         for label, a in zip(names, predictions.per_class_accuracy()):
-            print(f"{str(label):<16} {a:>8.4f}")
+            print(f"{printable(str(label)):<16} {a:>8.4f}")  # a class name stays on its row
     said = sys.stderr if args.json else sys.stdout  # --json: stdout holds the document alone
     if "confusion_matrix" in outputs:
         from gpucnn import confusion

@@ -112,8 +112,8 @@ def _result(path, p, classes, k):
 
 def format_line(result):
     """path: class (probability)  top-k: class p, class p, ..."""
-    top = ", ".join(f"{t['class']} {t['probability']:.4f}" for t in result["top_k"])
-    return f"{printable(result['path'])}: {result['class']} ({result['probability']:.4f})  top-{len(result['top_k'])}: {top}"
+    top = ", ".join(f"{printable(t['class'])} {t['probability']:.4f}" for t in result["top_k"])
+    return f"{printable(result['path'])}: {printable(result['class'])} ({result['probability']:.4f})  top-{len(result['top_k'])}: {top}"
 
 
 def run(args, print_fn=print):

@@ -287,3 +287,16 @@ def test_workers_below_one_are_refused(tmp_path, capsys):
 
     assert cli.main(["train", "--dataset", str(tmp_path), "--workers", "0", "--no-save"]) == 2
     assert "--workers must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_a_val_folder_beside_test_is_said_to_be_unread(tmp_path):
+    """test/ is the test split; a val/ beside it is not read, and the scan says so."""
+    from PIL import Image
+
+    from gpucnn.data.folder import scan
+
+    for split in ("train", "test", "val"):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("L", (8, 8), 40 if c == "a" else 200).save(tmp_path / split / c / "0.png")
+    assert "val/ is not read" in scan(str(tmp_path)).layout

@@ -281,3 +281,13 @@ def test_predict_equals_eval_image_by_image_for_a_tta_run(mnist_run, tmp_path, c
     plain = eval_predict(trained.model, xt[:, None], yt, trained.mean, trained.std, classes=10, tta=False).probabilities
     numpy.testing.assert_allclose(predicted("--no-tta"), plain, atol=1e-5)
     assert not numpy.allclose(plain, evals, atol=1e-5)  # the flip changes the outputs: the check above can fail
+
+
+def test_a_class_name_with_a_newline_stays_on_its_line():
+    """Class names come from folder names and checkpoints: one with a newline must not split
+    predict's one line per image (the path already could not)."""
+    from gpucnn.predict import format_line
+
+    top = [{"class": "cat\ndog", "index": 0, "probability": 0.9}, {"class": "fox", "index": 1, "probability": 0.1}]
+    line = format_line({"path": "a.png", **top[0], "top_k": top})
+    assert "\n" not in line and "'cat\\ndog'" in line

@@ -110,6 +110,8 @@ def test_bad_every_and_a_missing_tensorboardx_are_told_before_any_work(tmp_path,
     assert cli.main([*RUN, "--no-save", "--tensorboard", str(tmp_path / "tb")]) == 2
     assert 'pip install ".[tensorboard]"' in capsys.readouterr().err
     assert not (tmp_path / "tb").exists()
+    assert cli.main([*RUN, "--no-save", "--tensorboard-every", "5"]) == 2  # would log nothing, in silence
+    assert "--tensorboard-every applies only with --tensorboard DIR" in capsys.readouterr().err
 
 
 MPIRUN = os.path.join(os.path.dirname(sys.executable), "mpirun")

@@ -51,6 +51,8 @@ def scan(root):
         test_dir = next((os.path.join(root, s) for s in SPLIT_NAMES if os.path.isdir(os.path.join(root, s))), None)
         dirs = {"train": train_dir, **({"test": test_dir} if test_dir else {})}
         layout = f"train/ and {os.path.basename(test_dir)}/" if test_dir else "train/ only (no test/ or val/)"
+        if all(os.path.isdir(os.path.join(root, s)) for s in SPLIT_NAMES):  # said, not dropped in silence
+            layout += " (val/ is not read: test/ is the test split; --val-split holds out a validation part)"
     else:
         dirs, layout = {"train": root}, "flat (PATH/<class>/...; no test split)"
     found = {split: _classes(d, suffixes, ignored, bad) for split, d in dirs.items()}
