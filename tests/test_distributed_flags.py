@@ -124,8 +124,9 @@ def test_dataset_by_other_paths_and_per_rank_flags_still_train(tmp_path):
     for where in ("a", "b"):
         (tmp_path / where).mkdir()
         numpy.savez(tmp_path / where / "d.npz", **data)
-    r = two_ranks(["--no-save", "--dataset", "a/d.npz", "--workers", "1"],
-                  ["--no-save", "--dataset", str(tmp_path / "b" / "d.npz"), "--no-cache", "--tensorboard-every", "7"],
+    r = two_ranks(["--no-save", "--dataset", "a/d.npz", "--workers", "1", "--tensorboard", "tb"],
+                  ["--no-save", "--dataset", str(tmp_path / "b" / "d.npz"), "--no-cache", "--tensorboard", "tb",
+                   "--tensorboard-every", "7"],
                   cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "epoch 2/2" in r.stdout
