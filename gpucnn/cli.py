@@ -136,7 +136,6 @@ def _folder_options(args, config=None, ranks_here=1):
     """load()'s folder_options: the pixel settings from the run's config, the rest from flags.
     Decoding workers default to the cores shared among the ranks on this node."""
     from gpucnn.data.cache import default_workers
-
     from gpucnn.errors import GpucnnError
 
     if getattr(args, "workers", None) is not None and args.workers < 1:

@@ -180,6 +180,7 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
     model.train()
 
     written = []  # the positions this run saved at
+    fingerprint = data.fingerprint()  # what a resume checks it trains on (labels hashed once, not per save)
 
     def checkpoint(epoch, step, sums, path=save_path):
         if path is None:
@@ -199,7 +200,7 @@ def fit(model, optimizer, schedule, data, config, *, start=None, save_path=None,
                 # predict and export rebuild the net and label its outputs without the dataset
                 "classes": [str(c) for c in data.classes],
                 # a resume checks it trains on the same images (a folder may have changed since)
-                "data": data.fingerprint()}
+                "data": fingerprint}
         if ema is not None:
             meta["ema"] = ema.state_dict()
         if monitor is not None:
